@@ -1,0 +1,30 @@
+"""Tasks for a private Docker registry on a bare IP address: ``fab --list``.
+
+This file only wires the task collection; each module of ``tasks/`` owns one concern.
+"""
+
+from fabric import Config
+from invoke import Collection
+
+from tasks import clients, registry
+from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
+
+namespace = Collection(
+    registry.setup_registry,
+    clients.trust_clients,
+    clients.untrust_clients,
+)
+namespace.configure(
+    {
+        # Our own settings, overridable in fabric.yaml or with `fab -f FILE`.
+        "fleet": {
+            "known_hosts": DEFAULT_KNOWN_HOSTS,
+            "strict_host_keys": False,
+            "workers": DEFAULT_WORKERS,
+        },
+        # A host that drops packets silently would otherwise hang the run.
+        "timeouts": {"connect": 10},
+    }
+)
+
+__all__ = ["Config", "namespace"]

@@ -1,0 +1,1 @@
+"""Fabric tasks for a private Docker registry on a bare IP address."""

@@ -1,0 +1,515 @@
+"""The private CA and the registry's server certificate, kept on the control machine.
+
+Plain functions issue and inspect certificates with the ``cryptography`` library; the
+``StateFolder`` keeps them on disk (private keys 0600, the folder 0700), reuses one CA for
+every later run and never replaces it silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .addresses import parse_ip
+from .errors import StateError
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+DEFAULT_KEY_TYPE = "ecdsa-p256"
+DEFAULT_CA_DAYS = 3650
+#: Browsers' and Apple's ceiling for a server certificate; Docker itself has none.
+DEFAULT_SERVER_DAYS = 397
+#: Reissue the server certificate when it has fewer days left than this.
+RENEW_DAYS = 30
+#: Start validity a little in the past, so a host whose clock runs behind accepts a
+#: certificate made a minute ago.
+BACKDATE = dt.timedelta(hours=1)
+ORGANIZATION = "ip-registry"
+
+
+def generate_key(key_type: str = DEFAULT_KEY_TYPE) -> PrivateKey:
+    """Make a new private key of ``key_type`` (one of ``KEY_TYPES``)."""
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type.startswith("rsa-") and key_type in KEY_TYPES:
+        return rsa.generate_private_key(
+            public_exponent=65537, key_size=int(key_type[4:])
+        )
+    raise ValueError(
+        f"unknown key type {key_type!r}; use one of {', '.join(KEY_TYPES)}"
+    )
+
+
+def general_names(addresses: Sequence[str]) -> list[x509.GeneralName]:
+    """subjectAltName entries: IP entries for addresses, DNS entries only for names."""
+    names: list[x509.GeneralName] = []
+    for address in addresses:
+        ip = parse_ip(address)
+        names.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(address))
+    return names
+
+
+def name_constraints(addresses: Sequence[str]) -> x509.NameConstraints:
+    """Constraints that permit only ``addresses`` and exclude every other name.
+
+    A permitted subtree limits only names of its own kind, so each kind with no entry of
+    ours (DNS names, IPv4, IPv6) is excluded outright; the empty DNS name matches every
+    name in both Go's and OpenSSL's checks.
+    """
+    permitted: list[x509.GeneralName] = []
+    for address in addresses:
+        ip = parse_ip(address)
+        if ip is None:
+            permitted.append(x509.DNSName(address))
+        else:
+            permitted.append(x509.IPAddress(ipaddress.ip_network(ip)))
+    excluded: list[x509.GeneralName] = []
+    if not any(isinstance(name, x509.DNSName) for name in permitted):
+        excluded.append(x509.DNSName(""))
+    for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+        if not any(
+            isinstance(name, x509.IPAddress) and name.value.version == version
+            for name in permitted
+        ):
+            excluded.append(x509.IPAddress(ipaddress.ip_network(everything)))
+    return x509.NameConstraints(
+        permitted_subtrees=permitted or None, excluded_subtrees=excluded or None
+    )
+
+
+def issue_ca(
+    key: PrivateKey,
+    addresses: Sequence[str],
+    *,
+    days: int = DEFAULT_CA_DAYS,
+    constrain: bool = True,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Self-sign a CA for a registry at ``addresses``.
+
+    The subject carries the date and a random tag, so two CAs (the old and the new one
+    during a rotation) never share a name.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    tag = secrets.token_hex(4)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"Registry CA {now:%Y-%m-%d} {tag}"
+            ),
+        ]
+    )
+    public_key = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now - BACKDATE + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
+        )
+    )
+    if constrain:
+        builder = builder.add_extension(name_constraints(addresses), critical=True)
+    return builder.sign(key, hashes.SHA256())
+
+
+def issue_server_cert(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    key: PrivateKey,
+    addresses: Sequence[str],
+    *,
+    days: int = DEFAULT_SERVER_DAYS,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Sign a TLS server certificate for ``addresses``.
+
+    Clients match the address only against subjectAltName. The subject has no common
+    name on purpose: OpenSSL checks a common name that looks like a host name against
+    the CA's name constraints, and an IP written there would break verification.
+    """
+    if not addresses:
+        raise ValueError("a server certificate needs at least one address")
+    now = now or dt.datetime.now(dt.UTC)
+    not_after = min(
+        now - BACKDATE + dt.timedelta(days=days), ca_cert.not_valid_after_utc
+    )
+    public_key = key.public_key()
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "registry"),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName(general_names(addresses)), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def cert_addresses(cert: x509.Certificate) -> list[str]:
+    """The names in the certificate's subjectAltName ([] when it has none)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names: list[str] = [ip.compressed for ip in san.get_values_for_type(x509.IPAddress)]
+    return names + san.get_values_for_type(x509.DNSName)
+
+
+def unpermitted_addresses(
+    ca_cert: x509.Certificate, addresses: Sequence[str]
+) -> list[str]:
+    """The addresses the CA's name constraints forbid it to sign for."""
+    try:
+        constraints = ca_cert.extensions.get_extension_for_class(
+            x509.NameConstraints
+        ).value
+    except x509.ExtensionNotFound:
+        return []
+    permitted = constraints.permitted_subtrees or []
+    excluded = constraints.excluded_subtrees or []
+    return [
+        address
+        for address in addresses
+        if not _name_allowed(general_names([address])[0], permitted, excluded)
+    ]
+
+
+def _name_allowed(
+    name: x509.GeneralName,
+    permitted: Sequence[x509.GeneralName],
+    excluded: Sequence[x509.GeneralName],
+) -> bool:
+    def matches(subtree: x509.GeneralName) -> bool:
+        if isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
+            network = subtree.value
+            return name.value.version == network.version and name.value in network
+        if isinstance(name, x509.DNSName) and isinstance(subtree, x509.DNSName):
+            base = subtree.value.lower().lstrip(".")
+            value = name.value.lower()
+            return not base or value == base or value.endswith("." + base)
+        return False
+
+    if any(matches(subtree) for subtree in excluded):
+        return False
+    same_kind = [s for s in permitted if type(s) is type(name)]
+    return not same_kind or any(matches(subtree) for subtree in same_kind)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint as OpenSSL prints it (``AB:CD:...``)."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def days_left(cert: x509.Certificate, now: dt.datetime | None = None) -> int:
+    """Whole days until the certificate expires (negative once it has)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return (cert.not_valid_after_utc - now).days
+
+
+def is_signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    """Tell whether ``ca_cert``'s key signed ``cert``."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def server_cert_problem(
+    cert: x509.Certificate,
+    ca_cert: x509.Certificate,
+    addresses: Sequence[str],
+    now: dt.datetime | None = None,
+) -> str | None:
+    """Why ``cert`` must be reissued for ``addresses``, or None if it is still good."""
+    if not is_signed_by(cert, ca_cert):
+        return "it was not signed by the current CA"
+    have = sorted(cert_addresses(cert))
+    want = sorted(set(addresses))
+    if have != want:
+        return (
+            f"its addresses {', '.join(have) or '(none)'} differ from {', '.join(want)}"
+        )
+    left = days_left(cert, now)
+    if left < RENEW_DAYS:
+        return f"it expires in {left} days" if left >= 0 else "it has expired"
+    return None
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` atomically; the file has ``mode`` from its first byte on."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(handle, mode)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+@dataclass
+class Issued:
+    """A certificate with its key, and what the run did about it."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+    change: str | None  # None: reused as it was
+
+
+class StateFolder:
+    """The control machine's folder of keys and certificates (default ``pki/``).
+
+    ``ca.crt``/``ca.key`` are the CA, ``server.crt``/``server.key`` the registry's
+    certificate. The CA key is read here and nowhere else; it never leaves this machine.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ca_cert_path = path / "ca.crt"
+        self.ca_key_path = path / "ca.key"
+        self.server_cert_path = path / "server.crt"
+        self.server_key_path = path / "server.key"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock; a second run at the same time is refused."""
+        self._make_folder()
+        lock_path = self.path / ".lock"
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(
+                    f"{self.path}: another run is using this state folder; wait for it "
+                    "to finish and run again"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _make_folder(self) -> None:
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"{self.path}: cannot create the state folder: {exc.strerror}; pass "
+                "--pki-dir with a writable folder"
+            ) from None
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o700)
+
+    def read_ca(self) -> tuple[x509.Certificate, PrivateKey] | None:
+        """Load the CA; None when this folder has never had one."""
+        have_cert = self.ca_cert_path.exists()
+        have_key = self.ca_key_path.exists()
+        if not have_cert and not have_key:
+            if self.server_cert_path.exists():
+                raise StateError(
+                    f"{self.ca_cert_path}: missing although {self.server_cert_path} "
+                    "exists; restore ca.crt and ca.key from your backup (a new CA would "
+                    "make every client distrust the registry)"
+                )
+            return None
+        if not have_key:
+            raise StateError(
+                f"{self.ca_key_path}: missing beside {self.ca_cert_path}; restore it "
+                "from your backup (a new CA would make every client distrust the registry)"
+            )
+        if not have_cert:
+            raise StateError(
+                f"{self.ca_cert_path}: missing beside {self.ca_key_path}; restore it "
+                "from your backup"
+            )
+        cert = self._read_cert(self.ca_cert_path)
+        key = self._read_key(self.ca_key_path)
+        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+            raise StateError(
+                f"{self.ca_key_path}: does not belong to {self.ca_cert_path}; restore "
+                "the matching pair from your backup"
+            )
+        return cert, key
+
+    def read_ca_cert(self) -> x509.Certificate:
+        """Load the CA certificate alone (what clients must trust)."""
+        if not self.ca_cert_path.exists():
+            raise StateError(
+                f"{self.ca_cert_path}: no CA yet; run setup-registry first, or pass "
+                "--pki-dir with the folder that holds ca.crt"
+            )
+        return self._read_cert(self.ca_cert_path)
+
+    def ensure_ca(
+        self,
+        addresses: Sequence[str],
+        *,
+        key_type: str = DEFAULT_KEY_TYPE,
+        days: int = DEFAULT_CA_DAYS,
+        constrain: bool = True,
+    ) -> Issued:
+        """Reuse the CA, or make the first one; stop rather than replace it."""
+        found = self.read_ca()
+        if found is None:
+            key = generate_key(key_type)
+            cert = issue_ca(key, addresses, days=days, constrain=constrain)
+            self._make_folder()
+            write_private_file(self.ca_key_path, key_pem(key))
+            write_private_file(self.ca_cert_path, cert_pem(cert), mode=0o644)
+            return Issued(cert, key, "created a new CA")
+        cert, key = found
+        if days_left(cert) < 0:
+            raise StateError(
+                f"{self.ca_cert_path}: the CA expired on "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}; rotate it with rotate-ca"
+            )
+        refused = unpermitted_addresses(cert, addresses)
+        if refused:
+            raise StateError(
+                f"{self.ca_cert_path}: the CA's name constraints do not permit "
+                f"{', '.join(refused)}; rotate the CA with rotate-ca to include it, or "
+                "drop the address"
+            )
+        return Issued(cert, key, None)
+
+    def ensure_server_cert(
+        self,
+        ca: Issued,
+        addresses: Sequence[str],
+        *,
+        key_type: str = DEFAULT_KEY_TYPE,
+        days: int = DEFAULT_SERVER_DAYS,
+        force: bool = False,
+    ) -> Issued:
+        """Reuse the server certificate unless its addresses, CA or expiry call for a new one."""
+        reason = "asked to" if force else "none existed"
+        if (
+            not force
+            and self.server_cert_path.exists()
+            and self.server_key_path.exists()
+        ):
+            cert = self._read_cert(self.server_cert_path)
+            key = self._read_key(self.server_key_path)
+            matches = (
+                cert.public_key().public_numbers() == key.public_key().public_numbers()
+            )
+            problem = server_cert_problem(cert, ca.cert, addresses)
+            if matches and problem is None:
+                return Issued(cert, key, None)
+            reason = problem or "its key did not match"
+        key = generate_key(key_type)
+        cert = issue_server_cert(ca.cert, ca.key, key, addresses, days=days)
+        write_private_file(self.server_key_path, key_pem(key))
+        write_private_file(self.server_cert_path, cert_pem(cert), mode=0o644)
+        return Issued(cert, key, f"issued a new server certificate ({reason})")
+
+    def _read_cert(self, path: Path) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"{path}: cannot read the certificate ({exc}); restore it from your backup"
+            ) from None
+
+    def _read_key(self, path: Path) -> PrivateKey:
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise StateError(
+                f"{path}: cannot read the private key ({exc}); restore it from your backup"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise StateError(f"{path}: unsupported key type; use ECDSA or RSA")
+        return key

@@ -1,0 +1,760 @@
+"""The registry host: TLS files, the registry:2 container, and proof that it serves TLS.
+
+Plain functions resolve the settings, render the probe and the action scripts, and plan
+what to do from what the probe found; the task at the bottom connects and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shlex
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from fabric import Connection, task
+from invoke.context import Context
+
+from . import pki
+from .addresses import (
+    DEFAULT_REGISTRY_PORT,
+    check_address,
+    check_port,
+    parse_ip,
+    registry_authority,
+)
+from .errors import HostError, InputError
+from .inventory import (
+    DEFAULT_CONTAINER,
+    DEFAULT_DATA,
+    DEFAULT_IMAGE,
+    DEFAULT_REMOTE_DIR,
+    Inventory,
+    RegistrySettings,
+    check_data,
+    check_remote_dir,
+)
+from .options import (
+    DEFAULT_PKI_DIR,
+    HELP_INVENTORY,
+    HELP_PKI_DIR,
+    is_connection,
+    read_inventory,
+)
+from .pki import StateFolder
+from .remote import (
+    FileReport,
+    Fleet,
+    RemoteFile,
+    failure_line,
+    host_label,
+    render_put_files,
+    run_as_root,
+    script_header,
+)
+from .report import CHANGED, UNCHANGED, Outcome, finish, log, log_outcome, user_errors
+
+#: Labels that mark a container as ours, and the settings it was made with.
+MANAGED_LABEL = "io.ip-registry.managed"
+SPEC_LABEL = "io.ip-registry.spec"
+CONTAINER_PORT = 5000
+CONTAINER_CERTS = "/certs"
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """Everything that decides how the registry runs, fully resolved."""
+
+    address: str
+    port: int
+    extra_addresses: tuple[str, ...]
+    image: str
+    data: str
+    remote_dir: str
+    container: str
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address the certificate must carry, the main one first."""
+        seen: list[str] = []
+        for address in (self.address, *self.extra_addresses):
+            if address not in seen:
+                seen.append(address)
+        return seen
+
+    @property
+    def authority(self) -> str:
+        return registry_authority(self.address, self.port)
+
+    @property
+    def certs_dir(self) -> str:
+        return f"{self.remote_dir}/certs"
+
+    @property
+    def cert_path(self) -> str:
+        return f"{self.certs_dir}/registry.crt"
+
+    @property
+    def key_path(self) -> str:
+        return f"{self.certs_dir}/registry.key"
+
+    @property
+    def ca_path(self) -> str:
+        return f"{self.certs_dir}/ca.crt"
+
+
+def merge_setting(
+    name: str,
+    option: Any,
+    inventory_value: Any,
+    default: Any,
+    inventory: Inventory | None,
+) -> Any:
+    """An option, else the inventory's value, else the default; refuse a contradiction."""
+    if option is not None and inventory_value is not None and option != inventory_value:
+        where = inventory.path if inventory and inventory.path else "the inventory"
+        raise InputError(
+            f"--{name.replace('_', '-')} {option} contradicts registry.{name}: "
+            f"{inventory_value} in {where}; change one of them"
+        )
+    for value in (option, inventory_value):
+        if value is not None:
+            return value
+    return default
+
+
+def resolve_spec(
+    settings: RegistrySettings,
+    inventory: Inventory | None,
+    *,
+    ssh_host: str | None,
+    address: str | None = None,
+    port: int | None = None,
+    extra_addresses: Sequence[str] = (),
+    image: str | None = None,
+    data: str | None = None,
+    remote_dir: str | None = None,
+    container: str | None = None,
+) -> RegistrySpec:
+    """Combine options, the inventory and defaults; the address defaults to the SSH host."""
+    resolved_address = merge_setting(
+        "address", address, settings.address, None, inventory
+    )
+    if resolved_address is None:
+        if ssh_host is None:
+            raise InputError(
+                "no registry address: pass -H HOST, --address ADDRESS, or set "
+                "registry.address in the inventory"
+            )
+        resolved_address = ssh_host
+    extras = tuple(extra_addresses) or settings.extra_addresses
+    return RegistrySpec(
+        address=resolved_address,
+        port=merge_setting(
+            "port", port, settings.port, DEFAULT_REGISTRY_PORT, inventory
+        ),
+        extra_addresses=tuple(a for a in extras if a != resolved_address),
+        image=merge_setting("image", image, settings.image, DEFAULT_IMAGE, inventory),
+        data=merge_setting("data", data, settings.data, DEFAULT_DATA, inventory),
+        remote_dir=merge_setting(
+            "remote_dir", remote_dir, settings.remote_dir, DEFAULT_REMOTE_DIR, inventory
+        ),
+        container=merge_setting(
+            "container", container, settings.container, DEFAULT_CONTAINER, inventory
+        ),
+    )
+
+
+# Probe ---------------------------------------------------------------------------------
+
+
+def render_probe(spec: RegistrySpec) -> str:
+    """One script that reads everything the plan depends on, in marked sections."""
+    name = shlex.quote(spec.container)
+    image = shlex.quote(spec.image)
+    return f"""
+echo "@@docker"
+command -v docker || echo missing
+echo "@@daemon"
+version=$(docker version --format '{{{{.Server.Version}}}}' 2>&1); echo "$?"
+echo "$version"
+echo "@@container"
+docker container inspect {name} 2>/dev/null
+echo "@@image"
+docker image inspect --format '{{{{.Id}}}}' {image} 2>/dev/null
+echo "@@listeners"
+ss -Hltnp 'sport = :{spec.port}' 2>/dev/null || echo unknown
+echo "@@files"
+sha256sum {shlex.quote(spec.cert_path)} {shlex.quote(spec.key_path)} \
+  {shlex.quote(spec.ca_path)} 2>/dev/null
+echo "@@end"
+"""
+
+
+@dataclass
+class Probe:
+    """What the registry host looks like now."""
+
+    docker_path: str | None
+    daemon_version: str | None
+    daemon_error: str | None
+    container: dict[str, Any] | None
+    image_id: str | None
+    listeners: list[str] | None  # None: could not tell
+    file_digests: dict[str, str] = field(default_factory=dict)
+
+
+def parse_probe(output: str) -> Probe:
+    """Read the sections ``render_probe`` prints."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        if line.startswith("@@"):
+            current = line[2:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+
+    def text(name: str) -> str:
+        return "\n".join(sections.get(name, [])).strip()
+
+    docker_path = text("docker")
+    daemon_rc, *daemon_lines = sections.get("daemon", ["1"]) or ["1"]
+    daemon_ok = daemon_rc.strip() == "0" and bool(daemon_lines)
+    daemon_said = [line for line in daemon_lines if line.strip()]
+    container: dict[str, Any] | None = None
+    if text("container"):
+        parsed = json.loads(text("container"))
+        container = parsed[0] if parsed else None
+    listeners_text = text("listeners")
+    listeners = (
+        None
+        if listeners_text == "unknown"
+        else [line for line in listeners_text.splitlines() if line.strip()]
+    )
+    digests = {}
+    for line in sections.get("files", []):
+        digest, _, path = line.partition("  ")
+        if path:
+            digests[path.strip()] = digest
+    return Probe(
+        docker_path=None if docker_path in ("", "missing") else docker_path,
+        daemon_version=daemon_said[-1].strip() if daemon_ok and daemon_said else None,
+        daemon_error=None if daemon_ok else (daemon_said[-1] if daemon_said else None),
+        container=container,
+        image_id=text("image") or None,
+        listeners=listeners,
+        file_digests=digests,
+    )
+
+
+# Plan ----------------------------------------------------------------------------------
+
+
+def run_arguments(spec: RegistrySpec, spec_hash: str) -> list[str]:
+    """The exact ``docker run`` command for the registry container."""
+    return [
+        "docker", "run", "--detach",
+        "--name", spec.container,
+        "--restart=always",
+        "--publish", f"{spec.port}:{CONTAINER_PORT}",
+        "--volume", f"{spec.data}:/var/lib/registry",
+        "--volume", f"{spec.certs_dir}:{CONTAINER_CERTS}:ro",
+        "--env", f"REGISTRY_HTTP_ADDR=0.0.0.0:{CONTAINER_PORT}",
+        "--env", f"REGISTRY_HTTP_TLS_CERTIFICATE={CONTAINER_CERTS}/registry.crt",
+        "--env", f"REGISTRY_HTTP_TLS_KEY={CONTAINER_CERTS}/registry.key",
+        "--label", f"{MANAGED_LABEL}=true",
+        "--label", f"{SPEC_LABEL}={spec_hash}",
+        spec.image,
+    ]  # fmt: skip
+
+
+def spec_hash(spec: RegistrySpec, image_id: str, file_digests: Sequence[str]) -> str:
+    """A digest of everything the running container must match; the files' digests
+    are part of it, so a new certificate recreates the container and gets served."""
+    material = json.dumps(
+        [run_arguments(spec, ""), image_id, sorted(file_digests)], sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ContainerPlan:
+    """What to do with the container: nothing, start it, or (re)create it."""
+
+    action: str  # "keep", "start", "create", "recreate"
+    reason: str
+
+
+def plan_container(
+    spec: RegistrySpec, probe: Probe, wanted_hash: str, host: str
+) -> ContainerPlan:
+    """Decide from the probe; refuse to touch a container that is not ours."""
+    container = probe.container
+    if container is None:
+        return ContainerPlan("create", "no registry container yet")
+    labels = (container.get("Config") or {}).get("Labels") or {}
+    if labels.get(MANAGED_LABEL) != "true":
+        raise HostError(
+            host,
+            f"a container named {spec.container!r} exists and was not made by this tool; "
+            "remove or rename it (docker rm -f / docker rename), or pass --container "
+            "with another name",
+        )
+    if labels.get(SPEC_LABEL) != wanted_hash:
+        return ContainerPlan("recreate", "its settings or certificate changed")
+    if not (container.get("State") or {}).get("Running"):
+        return ContainerPlan("start", "it was stopped")
+    return ContainerPlan("keep", "up to date")
+
+
+def check_host_ready(
+    spec: RegistrySpec, probe: Probe, host: str, plan: ContainerPlan
+) -> None:
+    """Refuse early, with the fix, when docker or the port are not usable."""
+    if probe.docker_path is None:
+        raise HostError(
+            host,
+            "docker is not installed; install it (Debian/Ubuntu: apt-get install "
+            "docker.io) and run setup-registry again",
+        )
+    if probe.daemon_version is None:
+        detail = f" ({probe.daemon_error})" if probe.daemon_error else ""
+        raise HostError(
+            host,
+            f"the docker daemon is not reachable{detail}; start it (systemctl start "
+            "docker) and run setup-registry again",
+        )
+    ours_running = plan.action in ("keep", "recreate") and bool(
+        ((probe.container or {}).get("State") or {}).get("Running")
+    )
+    if probe.listeners and not ours_running:
+        holder = _listener_program(probe.listeners[0])
+        raise HostError(
+            host,
+            f"port {spec.port} is already in use by {holder}; stop it or pick another "
+            "port with --port",
+        )
+
+
+def _listener_program(line: str) -> str:
+    if 'users:(("' in line:
+        return line.split('users:(("', 1)[1].split('"', 1)[0]
+    return "another program"
+
+
+def render_apply(
+    spec: RegistrySpec,
+    files_script: str,
+    plan: ContainerPlan,
+    arguments: Sequence[str],
+    pull: bool,
+) -> str:
+    """The script that writes the TLS files and makes the container so."""
+    lines = [files_script]
+    if spec.data.startswith("/"):
+        lines.append(f"mkdir -p {shlex.quote(spec.data)} || exit 1")
+    if pull:
+        lines.append(
+            f"docker pull {shlex.quote(spec.image)} >/dev/null || "
+            "{ echo 'cannot pull the image' >&2; exit 3; }"
+        )
+    name = shlex.quote(spec.container)
+    if plan.action == "recreate":
+        lines.append(f"docker rm --force {name} >/dev/null || exit 1")
+    if plan.action in ("create", "recreate"):
+        lines.append(f"{shlex.join(arguments)} >/dev/null || exit 4")
+        lines.append(f"echo 'container {plan.action}d'")
+    elif plan.action == "start":
+        lines.append(f"docker start {name} >/dev/null || exit 4")
+        lines.append("echo 'container started'")
+    return "\n".join(lines) + "\n"
+
+
+# Verification --------------------------------------------------------------------------
+
+
+@dataclass
+class TlsCheck:
+    """What ``https://ADDRESS:PORT/v2/`` answered when trusting only our CA."""
+
+    ok: bool
+    status: int | None = None
+    served_fingerprint: str | None = None
+    problem: str | None = None
+    reachable: bool = True
+
+
+def check_tls(address: str, port: int, ca_pem: bytes, timeout: float = 5.0) -> TlsCheck:
+    """GET /v2/ over TLS, verifying the certificate and the IP against our CA only."""
+    context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    ip = parse_ip(address)
+    host = f"[{ip.compressed}]" if ip is not None and ip.version == 6 else address
+    connection = http.client.HTTPSConnection(
+        address.strip("[]"), port, context=context, timeout=timeout
+    )
+    try:
+        connection.request("GET", "/v2/", headers={"Host": f"{host}:{port}"})
+        response = connection.getresponse()
+        der = connection.sock.getpeercert(binary_form=True) if connection.sock else None
+        served = pki.fingerprint(x509.load_der_x509_certificate(der)) if der else None
+        ok = response.status in (200, 401)
+        problem = None if ok else f"/v2/ answered HTTP {response.status}"
+        return TlsCheck(ok, response.status, served, problem)
+    except ssl.SSLCertVerificationError as exc:
+        return TlsCheck(False, problem=f"certificate not trusted: {exc.verify_message}")
+    except ssl.SSLError as exc:
+        if _answers_plain_http(address, port, timeout):
+            return TlsCheck(
+                False,
+                problem="the registry answers plain HTTP: it started without its TLS "
+                "settings",
+            )
+        return TlsCheck(False, problem=f"TLS handshake failed: {exc.reason or exc}")
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return TlsCheck(False, problem=f"cannot connect: {reason}", reachable=False)
+    finally:
+        connection.close()
+
+
+def _answers_plain_http(address: str, port: int, timeout: float) -> bool:
+    connection = http.client.HTTPConnection(address.strip("[]"), port, timeout=timeout)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status > 0
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def wait_for_tls(
+    address: str, port: int, ca_pem: bytes, expected_fingerprint: str, seconds: float
+) -> TlsCheck:
+    """Poll until the registry serves our current certificate, or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check_tls(address, port, ca_pem)
+        if result.ok and result.served_fingerprint != expected_fingerprint:
+            result = TlsCheck(
+                False,
+                result.status,
+                result.served_fingerprint,
+                "the registry still serves an older certificate",
+            )
+        if result.ok or time.monotonic() >= deadline:
+            return result
+        time.sleep(0.5)
+
+
+def render_remote_tls_check(spec: RegistrySpec) -> str:
+    """A check run on the registry host itself, for when we cannot reach it."""
+    url = f"https://{spec.authority}/v2/"
+    return (
+        f"curl --silent --show-error --output /dev/null --write-out '%{{http_code}}' "
+        f"--cacert {shlex.quote(spec.ca_path)} {shlex.quote(url)}\n"
+    )
+
+
+def public_without_auth(spec: RegistrySpec) -> list[str]:
+    """Registry addresses that are public internet addresses."""
+    found = []
+    for address in spec.addresses:
+        ip = parse_ip(address)
+        if ip is not None and ip.is_global:
+            found.append(address)
+    return found
+
+
+def image_archive_path(value: str | None) -> Path | None:
+    """Validate the local ``docker save`` archive option."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"--image-archive {value}: no such file; make it with "
+            "docker save registry:2 -o registry.tar"
+        )
+    return path
+
+
+# The task ------------------------------------------------------------------------------
+
+SETUP_HELP = {
+    "address": "Address clients use in image names (IP or name); default: the -H host.",
+    "port": "Port the registry listens on; default: 5000.",
+    "extra_address": "Another address for the certificate (repeatable), e.g. a "
+    "private IP beside the public one.",
+    "image": "Registry image to run; default: registry:2.",
+    "image_archive": "A `docker save` tarball of the image, uploaded and loaded when "
+    "the host lacks the image (air-gapped hosts); default: none, pull instead.",
+    "data": "Named volume or absolute host path for the registry's data; default: "
+    "registry-data.",
+    "remote_dir": "Folder on the registry host for its TLS files; default: /opt/registry.",
+    "container": "Name of the registry container; default: registry.",
+    "inventory": HELP_INVENTORY,
+    "pki_dir": HELP_PKI_DIR,
+    "key_type": f"Key type for a new CA or certificate: {', '.join(pki.KEY_TYPES)}; "
+    f"default: {pki.DEFAULT_KEY_TYPE}.",
+    "server_days": f"Validity of a new server certificate in days; default: "
+    f"{pki.DEFAULT_SERVER_DAYS}.",
+    "ca_days": f"Validity of a new CA in days; default: {pki.DEFAULT_CA_DAYS}.",
+    "no_name_constraints": "Make a new CA without name constraints (it could then vouch "
+    "for any site); default: constrained to the registry's addresses.",
+}
+
+
+@task(help=SETUP_HELP, iterable=["extra_address"], auto_shortflags=False)
+@user_errors
+def setup_registry(
+    c: Context,
+    address: str | None = None,
+    port: int | None = None,
+    extra_address: list[str] | None = None,
+    image: str | None = None,
+    image_archive: str | None = None,
+    data: str | None = None,
+    remote_dir: str | None = None,
+    container: str | None = None,
+    inventory: str | None = None,
+    pki_dir: str = DEFAULT_PKI_DIR,
+    key_type: str = pki.DEFAULT_KEY_TYPE,
+    server_days: int = pki.DEFAULT_SERVER_DAYS,
+    ca_days: int = pki.DEFAULT_CA_DAYS,
+    no_name_constraints: bool = False,
+) -> None:
+    """Run a TLS registry on the -H host, with a CA and IP-SAN certificate made here.
+
+    Makes (once) a private CA and a server certificate for the registry's addresses in
+    the state folder (pki/), uploads the certificate and its key to REMOTE_DIR/certs on
+    the registry host (the CA key never leaves this machine), runs the registry
+    container with TLS, --restart=always and a persistent data volume, then checks that
+    https://ADDRESS:PORT/v2/ answers with our certificate, trusting only our CA.
+
+    The host comes from -H, else from registry.ssh or registry.address in the inventory.
+    Safe to re-run: unchanged settings change nothing; changed settings recreate the
+    container and keep its data. Next: fab trust-clients.
+    """
+    book = read_inventory(inventory, required=False)
+    settings = book.registry if book else RegistrySettings()
+    if key_type not in pki.KEY_TYPES:
+        raise InputError(
+            f"--key-type {key_type}: use one of {', '.join(pki.KEY_TYPES)}"
+        )
+    for option, days in (("--server-days", server_days), ("--ca-days", ca_days)):
+        if int(days) < 1:
+            raise InputError(f"{option} {days}: give a number of days of at least 1")
+    connection_host = c.host if is_connection(c) else None
+    spec = resolve_spec(
+        settings,
+        book,
+        ssh_host=connection_host or (settings.ssh.host if settings.ssh else None),
+        address=check_address(address, "--address") if address else None,
+        port=check_port(port, "--port") if port is not None else None,
+        extra_addresses=[
+            check_address(extra, "--extra-address") for extra in extra_address or []
+        ],
+        image=image,
+        data=check_data(data, "--data") if data else None,
+        remote_dir=check_remote_dir(remote_dir, "--remote-dir") if remote_dir else None,
+        container=container,
+    )
+    archive = image_archive_path(image_archive)
+    fleet = Fleet.from_config(c.config)
+    if is_connection(c):
+        connection = c
+        fleet.known_hosts.prepare(connection)
+    else:
+        connection = fleet.connect(settings.ssh or spec.address)
+    host = host_label(connection)
+
+    state = StateFolder(Path(pki_dir))
+    with state.locked():
+        ca = state.ensure_ca(
+            spec.addresses,
+            key_type=key_type,
+            days=int(ca_days),
+            constrain=not no_name_constraints,
+        )
+        server = state.ensure_server_cert(
+            ca, spec.addresses, key_type=key_type, days=int(server_days)
+        )
+        outcome = deploy_registry(connection, spec, ca, server, archive)
+
+    for change in (ca.change, server.change):
+        if change:
+            outcome.details.insert(0, change)
+    if outcome.details and outcome.status == UNCHANGED:
+        outcome.status = CHANGED
+    log_outcome(outcome)
+    log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
+    warn_expiry(ca.cert, "CA", state.ca_cert_path)
+    exposed = public_without_auth(spec)
+    if exposed:
+        log.warning(
+            "warning: the registry listens on public address %s without "
+            "authentication: anyone can push and pull; restrict the port with a "
+            "firewall",
+            ", ".join(exposed),
+        )
+    finish(
+        [outcome],
+        f"fab trust-clients (clients from the inventory), or fab -H CLIENT1,CLIENT2 "
+        f"trust-clients --registry {spec.authority}",
+    )
+
+
+def deploy_registry(
+    connection: Connection,
+    spec: RegistrySpec,
+    ca: pki.Issued,
+    server: pki.Issued,
+    archive: Path | None,
+) -> Outcome:
+    """Bring the registry host to the wanted state and prove it serves TLS."""
+    host = host_label(connection)
+    probe = parse_probe(
+        run_as_root(connection, render_probe(spec), what="registry probe").stdout
+    )
+    details: list[str] = []
+    check_host_ready(spec, probe, host, ContainerPlan("create", ""))
+
+    image_id = probe.image_id
+    if image_id is None:
+        image_id = ensure_image(connection, spec, archive)
+        details.append(f"loaded image {spec.image}")
+
+    files = [
+        RemoteFile(spec.cert_path, pki.cert_pem(server.cert), 0o644),
+        RemoteFile(spec.key_path, pki.key_pem(server.key), 0o600),
+        RemoteFile(spec.ca_path, pki.cert_pem(ca.cert), 0o644),
+    ]
+    wanted = spec_hash(spec, image_id, [item.digest for item in files])
+    plan = plan_container(spec, probe, wanted, host)
+    check_host_ready(spec, probe, host, plan)
+    script = render_apply(
+        spec,
+        script_header(False) + render_put_files(files),
+        plan,
+        run_arguments(spec, wanted),
+        pull=False,
+    )
+    result = run_as_root(connection, script, what="registry apply")
+    if not result.ok:
+        raise HostError(host, f"{apply_failure(result.exited)}: {failure_line(result)}")
+    report = FileReport.parse(result.stdout)
+    details.extend(f"wrote {path}" for path in report.changed)
+    details.extend(line for line in report.other if line.startswith("container"))
+
+    verify_registry(connection, spec, ca, server)
+    details_status = CHANGED if details else UNCHANGED
+    details.append(f"https://{spec.authority}/v2/ serves our certificate over TLS")
+    return Outcome(host, details_status, details)
+
+
+def apply_failure(code: int) -> str:
+    return {
+        3: "could not pull the registry image",
+        4: "could not start the registry container",
+    }.get(code, "could not write the TLS files")
+
+
+def ensure_image(
+    connection: Connection, spec: RegistrySpec, archive: Path | None
+) -> str:
+    """Load the image from ``archive`` (air-gapped hosts) or pull it; return its ID."""
+    host = host_label(connection)
+    image = shlex.quote(spec.image)
+    inspect = f"docker image inspect --format '{{{{.Id}}}}' {image}"
+    if archive is None:
+        result = run_as_root(
+            connection, f"docker pull {image} >/dev/null && {inspect}\n", what="pull"
+        )
+        if not result.ok:
+            raise HostError(
+                host,
+                f"cannot pull {spec.image} ({failure_line(result)}); on a host without "
+                "internet access pass --image-archive FILE made with "
+                f"docker save {spec.image} -o FILE",
+            )
+        return result.stdout.strip().splitlines()[-1]
+    made = connection.run("mktemp", hide=True, in_stream=False, warn=True)
+    if not made.ok:
+        raise HostError(host, f"cannot make a temporary file: {failure_line(made)}")
+    remote = made.stdout.strip()
+    try:
+        log.info(
+            "%s: uploading %s (%d MB)", host, archive.name, archive.stat().st_size >> 20
+        )
+        connection.put(str(archive), remote=remote)
+        result = run_as_root(
+            connection,
+            f"docker load --input {shlex.quote(remote)} >/dev/null && {inspect}\n",
+            what="docker load",
+        )
+    except OSError as exc:
+        raise HostError(host, f"cannot upload {archive}: {exc}") from None
+    finally:
+        connection.run(
+            f"rm -f {shlex.quote(remote)}", hide=True, warn=True, in_stream=False
+        )
+    if not result.ok:
+        raise HostError(
+            host,
+            f"{archive} did not provide image {spec.image} ({failure_line(result)}); "
+            f"make it with docker save {spec.image} -o FILE",
+        )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def verify_registry(
+    connection: Connection, spec: RegistrySpec, ca: pki.Issued, server: pki.Issued
+) -> None:
+    """Never report success unless /v2/ answered over TLS with our certificate."""
+    host = host_label(connection)
+    ca_pem = pki.cert_pem(ca.cert)
+    result = wait_for_tls(
+        spec.address, spec.port, ca_pem, pki.fingerprint(server.cert), seconds=30
+    )
+    if result.ok:
+        return
+    if not result.reachable:
+        # This machine may not reach the address (NAT, firewall): ask the host itself.
+        remote = run_as_root(
+            connection, render_remote_tls_check(spec), what="TLS check"
+        )
+        if remote.ok and remote.stdout.strip() in ("200", "401"):
+            log.info(
+                "%s: checked from the registry host itself; this machine cannot reach "
+                "%s (%s)",
+                host,
+                spec.authority,
+                result.problem,
+            )
+            return
+    raise HostError(
+        host,
+        f"https://{spec.authority}/v2/ failed the TLS check: {result.problem}; see "
+        f"docker logs {spec.container} on the host and run setup-registry again",
+    )
+
+
+def warn_expiry(cert: x509.Certificate, what: str, path: Path) -> None:
+    """Warn ahead of time; an expired CA or certificate stops every pull."""
+    left = pki.days_left(cert)
+    if left < pki.RENEW_DAYS:
+        log.warning(
+            "warning: the %s (%s) expires in %d days, on %s",
+            what,
+            path,
+            left,
+            f"{cert.not_valid_after_utc:%Y-%m-%d}",
+        )

@@ -1,0 +1,385 @@
+"""SSH to hosts: connections, host keys, commands as root, atomic file writes, fan-out.
+
+The only module besides the task modules that touches the network. Every failure leaves
+here as a ``HostError`` that names the host and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import io
+import logging
+import os
+import shlex
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+from invoke.runners import Result
+
+from .addresses import SshTarget
+from .errors import HostError, RegistryToolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 32
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+T = TypeVar("T")
+
+
+# Host keys ---------------------------------------------------------------------------
+
+
+class KnownHosts:
+    """OpenSSH's ``accept-new``: remember a host's key on first contact, refuse a change.
+
+    Paramiko's own policies either accept every key without saving it (what Fabric
+    uses) or rewrite the whole file from one connection's view, which loses entries when
+    many connections run at once. Here new keys are appended under a lock.
+    """
+
+    def __init__(self, path: Path, strict: bool = False) -> None:
+        self.path = path
+        self.strict = strict
+        self._lock = threading.Lock()
+
+    def prepare(self, connection: Connection) -> None:
+        """Load the known keys into ``connection`` and install the policy."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.touch(mode=0o600, exist_ok=True)
+        connection.client.load_host_keys(str(self.path))
+        connection.client.set_missing_host_key_policy(_Policy(self))
+
+    def remember(self, hostname: str, key: paramiko.PKey) -> None:
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with self._lock, open(self.path, "a", encoding="ascii") as stream:
+            stream.write(line)
+
+
+class UnknownHostKey(paramiko.SSHException):
+    """A host's key is not in known_hosts and strict checking is on."""
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: KnownHosts) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if self.known_hosts.strict:
+            raise UnknownHostKey(hostname)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.remember(hostname, key)
+        log.debug("%s: remembered its %s host key", hostname, key.get_name())
+
+
+# Connections and commands --------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """How this run reaches hosts: Fabric's config plus our host-key policy."""
+
+    config: Config
+    known_hosts: KnownHosts
+    workers: int = DEFAULT_WORKERS
+
+    @classmethod
+    def from_config(cls, config: Config) -> Fleet:
+        """Read our settings (the ``fleet`` section) from Fabric's config."""
+        settings: Any = config.get("fleet", {}) or {}
+        path = Path(
+            os.path.expanduser(settings.get("known_hosts") or DEFAULT_KNOWN_HOSTS)
+        )
+        strict = bool(settings.get("strict_host_keys", False))
+        workers = int(settings.get("workers") or DEFAULT_WORKERS)
+        return cls(config=config, known_hosts=KnownHosts(path, strict), workers=workers)
+
+    def connect(self, target: SshTarget | str) -> Connection:
+        """A (lazily opened) connection to ``target`` with our host-key policy."""
+        if isinstance(target, str):
+            connection = Connection(target, config=self.config)
+        else:
+            connection = Connection(
+                target.host, user=target.user, port=target.port, config=self.config
+            )
+        self.known_hosts.prepare(connection)
+        return connection
+
+
+def host_label(connection: Connection) -> str:
+    """How we name a host in messages: ``user@host[:port]`` as the user wrote it."""
+    port = f":{connection.port}" if connection.port != 22 else ""
+    return f"{connection.user}@{connection.host}{port}"
+
+
+def run_as_root(
+    connection: Connection, script: str, *, what: str, timeout: float | None = None
+) -> Result:
+    """Run a POSIX shell ``script`` as root and return its result (failures included).
+
+    The script travels on standard input, never on a command line, so secrets in it
+    don't show in the remote process list. Non-root users go through sudo: ``sudo -n``
+    without a password, Fabric's sudo when --prompt-for-sudo-password gave one.
+    """
+    label = host_label(connection)
+    log.debug("%s: running %s", label, what)
+    password = connection.config.sudo.password
+    try:
+        if connection.user == "root":
+            result = _run(connection, "sh -s", script, timeout)
+        elif password is None:
+            result = _run(connection, "sudo -n sh -s", script, timeout)
+        else:
+            result = _sudo_with_password(connection, script, timeout)
+    except RegistryToolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every transport failure becomes one line
+        raise HostError(label, describe_ssh_failure(exc, connection)) from None
+    _raise_for_sudo(result, connection)
+    return result
+
+
+def _run(
+    connection: Connection, command: str, script: str, timeout: float | None
+) -> Result:
+    return connection.run(
+        command,
+        in_stream=io.StringIO(script),
+        hide=True,
+        warn=True,
+        echo_stdin=False,
+        timeout=timeout,
+    )
+
+
+def _sudo_with_password(
+    connection: Connection, script: str, timeout: float | None
+) -> Result:
+    # sudo reads the password from standard input, so the script goes in a private
+    # temporary file instead, removed as soon as it ran.
+    made = connection.run("umask 077 && mktemp", hide=True, in_stream=False)
+    path = made.stdout.strip()
+    try:
+        connection.put(io.BytesIO(script.encode()), remote=path)
+        return connection.sudo(
+            f"sh {shlex.quote(path)}", hide=True, warn=True, timeout=timeout
+        )
+    finally:
+        connection.run(
+            f"rm -f {shlex.quote(path)}", hide=True, warn=True, in_stream=False
+        )
+
+
+def _raise_for_sudo(result: Result, connection: Connection) -> None:
+    if result.ok or not result.stderr.lstrip().startswith("sudo:"):
+        return
+    label = host_label(connection)
+    stderr = result.stderr.strip().splitlines()[-1]
+    if "password is required" in stderr:
+        raise HostError(
+            label,
+            f"user {connection.user} needs a password for sudo; run again with "
+            "--prompt-for-sudo-password, or connect as root",
+        )
+    if "not in the sudoers" in stderr or "not allowed" in stderr:
+        raise HostError(
+            label,
+            f"user {connection.user} may not use sudo here; grant it sudo rights or "
+            "connect as root",
+        )
+    if "incorrect password" in stderr:
+        raise HostError(label, "the sudo password was refused; run again and retype it")
+    raise HostError(label, f"sudo failed: {stderr}")
+
+
+def describe_ssh_failure(exc: BaseException, connection: Connection) -> str:
+    """One line that says why SSH to the host failed and what to do."""
+    port = connection.port
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (
+            f"its SSH host key changed since it was first seen; if the host was "
+            f"reinstalled, remove the old key with: ssh-keygen -R {exc.hostname}, "
+            "otherwise investigate before connecting"
+        )
+    if isinstance(exc, UnknownHostKey):
+        return (
+            "its SSH host key is unknown and strict host key checking is on; add it to "
+            "known_hosts first (ssh-keyscan), after checking its fingerprint"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return (
+            f"SSH login as {connection.user} was refused; check the user name and the "
+            "key (fab -i KEY) and that the key is in the host's authorized_keys"
+        )
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        errors = {getattr(e, "errno", None) for e in exc.errors.values()}
+        if errno.ECONNREFUSED in errors:
+            return f"connection refused on port {port}; is sshd running there?"
+        if errno.EHOSTUNREACH in errors or errno.ENETUNREACH in errors:
+            return "no route to host; check the address and the network"
+        return f"cannot connect to port {port}: {exc}"
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host name; check the spelling or use its IP address"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return (
+            f"timed out connecting to port {port}; check the address, the port and any "
+            "firewall"
+        )
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot connect to port {port}: {exc.strerror}"
+    if isinstance(exc, paramiko.SSHException):
+        return f"SSH failed: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def failure_line(result: Result) -> str:
+    """The last meaningful line a failed remote command printed."""
+    for stream in (result.stderr, result.stdout):
+        lines = [line.strip() for line in stream.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return f"exit code {result.exited}"
+
+
+# Files ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file we want on a host, exactly: content and permission bits."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+#: Shell functions every file script starts with. Each prints one line per path:
+#: ``unchanged``, ``changed``, ``would-change``, ``removed``, ``would-remove``, ``kept``.
+#: A new file is written next to its target and renamed over it, so an interrupted run
+#: never leaves half a file; the content is checked against its digest before the rename.
+FILE_FUNCTIONS = r"""
+set -u
+umask 022
+put_file() {
+  p=$1 m=$2 want=$3
+  have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
+  mode=$(stat -c %a "$p" 2>/dev/null)
+  if [ "$have" = "$want" ] && [ "$mode" = "$m" ]; then
+    cat >/dev/null; echo "unchanged $p"; return 0
+  fi
+  if [ -n "$DRY_RUN" ]; then cat >/dev/null; echo "would-change $p"; return 0; fi
+  d=$(dirname "$p")
+  mkdir -p "$d" || { cat >/dev/null; return 1; }
+  t=$(mktemp "$d/.$(basename "$p").XXXXXX") || { cat >/dev/null; return 1; }
+  if base64 -d >"$t" && chmod "$m" "$t" && sync "$t" 2>/dev/null \
+     && [ "$(sha256sum "$t" | cut -c1-64)" = "$want" ] && mv -f "$t" "$p"; then
+    echo "changed $p"
+  else
+    rm -f "$t"; echo "could not write $p" >&2; return 1
+  fi
+}
+remove_file() {
+  p=$1 want=$2
+  [ -e "$p" ] || return 0
+  have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
+  if [ -n "$want" ] && [ "$have" != "$want" ]; then echo "kept $p"; return 0; fi
+  if [ -n "$DRY_RUN" ]; then echo "would-remove $p"; return 0; fi
+  rm -f "$p" && echo "removed $p" && rmdir "$(dirname "$p")" 2>/dev/null
+  return 0
+}
+"""
+
+
+def render_put_files(files: Iterable[RemoteFile]) -> str:
+    """Shell lines that make each file exactly so (use after ``FILE_FUNCTIONS``)."""
+    lines: list[str] = []
+    for number, item in enumerate(files):
+        encoded = base64.encodebytes(item.content).decode("ascii")
+        marker = f"CONTENT_{number}_END"
+        lines.append(
+            f"put_file {shlex.quote(item.path)} {item.mode:o} {item.digest}"
+            f" <<'{marker}' || exit 1\n{encoded}{marker}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_remove_files(files: Iterable[RemoteFile]) -> str:
+    """Shell lines that remove each file if it still holds what we wrote."""
+    return "".join(
+        f"remove_file {shlex.quote(item.path)} {item.digest} || exit 1\n"
+        for item in files
+    )
+
+
+def script_header(dry_run: bool) -> str:
+    return f"DRY_RUN={'1' if dry_run else ''}\n{FILE_FUNCTIONS}"
+
+
+@dataclass
+class FileReport:
+    """What a file script said it did, path by path."""
+
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, output: str) -> FileReport:
+        report = cls()
+        buckets = {
+            "changed": report.changed,
+            "would-change": report.changed,
+            "unchanged": report.unchanged,
+            "removed": report.removed,
+            "would-remove": report.removed,
+            "kept": report.kept,
+        }
+        for line in output.splitlines():
+            word, _, rest = line.partition(" ")
+            bucket = buckets.get(word)
+            (bucket if bucket is not None else report.other).append(
+                rest if bucket is not None else line
+            )
+        return report
+
+
+# Many hosts at once -------------------------------------------------------------------
+
+
+def fan_out(
+    items: Sequence[T],
+    work: Callable[[T], Any],
+    workers: int,
+    on_done: Callable[[int, int, Any], None] | None = None,
+) -> list[Any]:
+    """Run ``work`` on every item with at most ``workers`` at a time, in input order.
+
+    ``work`` must not raise (it returns its outcome, failures included); ``on_done`` sees
+    each result as it comes, with the count done so far, for progress lines.
+    """
+    results: list[Any] = [None] * len(items)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1))) as pool:
+        futures = {pool.submit(work, item): index for index, item in enumerate(items)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            index = futures[future]
+            results[index] = future.result()
+            if on_done is not None:
+                on_done(done, len(items), results[index])
+    return results

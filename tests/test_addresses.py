@@ -1,0 +1,83 @@
+"""Addresses as clients write them in image names, and SSH targets as -H takes them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.addresses import (
+    SshTarget,
+    check_address,
+    parse_ssh_target,
+    registry_authority,
+    split_authority,
+)
+from tasks.errors import InputError
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "authority"),
+    [
+        ("203.0.113.7", 5000, "203.0.113.7:5000"),
+        ("203.0.113.7", 443, "203.0.113.7:443"),
+        ("2001:db8::5", 5000, "[2001:db8::5]:5000"),
+        ("registry.example", 8443, "registry.example:8443"),
+    ],
+)
+def test_registry_authority(address: str, port: int, authority: str) -> None:
+    assert registry_authority(address, port) == authority
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("203.0.113.7", ("203.0.113.7", 5000)),
+        ("203.0.113.7:5001", ("203.0.113.7", 5001)),
+        ("[2001:db8::5]:5000", ("2001:db8::5", 5000)),
+        ("2001:db8::5", ("2001:db8::5", 5000)),
+        ("[2001:db8::5]", ("2001:db8::5", 5000)),
+        ("Registry.Example", ("registry.example", 5000)),
+    ],
+)
+def test_split_authority(text: str, parsed: tuple[str, int]) -> None:
+    assert split_authority(text, "--registry") == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("https://203.0.113.7:5000", "scheme or a path"),
+        ("203.0.113.7:5000/v2/", "scheme or a path"),
+        ("203.0.113.7:0", "out of range"),
+        ("[2001:db8::5]x", "cannot read"),
+        ("bad_name:5000", "neither an IP address"),
+    ],
+)
+def test_split_authority_errors(text: str, message: str) -> None:
+    with pytest.raises(InputError, match="--registry"):
+        split_authority(text, "--registry")
+    with pytest.raises(InputError, match=message):
+        split_authority(text, "--registry")
+
+
+def test_address_normalisation() -> None:
+    assert check_address("2001:0DB8:0::5", "x") == "2001:db8::5"
+    assert check_address("Host.Example.", "x") == "host.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("203.0.113.21", SshTarget("203.0.113.21")),
+        ("deploy@203.0.113.22:2222", SshTarget("203.0.113.22", "deploy", 2222)),
+        ("root@[2001:db8::1]:22", SshTarget("2001:db8::1", "root", 22)),
+        ("2001:db8::1", SshTarget("2001:db8::1")),
+        ("node-1", SshTarget("node-1")),
+    ],
+)
+def test_parse_ssh_target(text: str, target: SshTarget) -> None:
+    assert parse_ssh_target(text, "-H") == target
+
+
+def test_ssh_target_prints_as_written() -> None:
+    assert str(SshTarget("203.0.113.22", "deploy", 2222)) == "deploy@203.0.113.22:2222"
+    assert str(SshTarget("2001:db8::1", "root", 22)) == "root@[2001:db8::1]:22"

@@ -1,0 +1,154 @@
+"""The inventory loader: valid documents load, every bad one gets our one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.addresses import SshTarget
+from tasks.errors import InputError
+from tasks.inventory import AUTO, Client, load_inventory, parse_inventory
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_minimum_schema() -> None:
+    book = parse_inventory(
+        "registry:\n  address: 203.0.113.10\n  port: 5000\n"
+        "clients:\n  - 203.0.113.21\n  - deploy@203.0.113.22:2222\n"
+    )
+    assert book.registry.address == "203.0.113.10"
+    assert book.registry.port == 5000
+    assert book.clients == (
+        Client(SshTarget("203.0.113.21"), (AUTO,)),
+        Client(SshTarget("203.0.113.22", "deploy", 2222), (AUTO,)),
+    )
+
+
+def test_the_shipped_example_loads() -> None:
+    book = load_inventory(PROJECT / "inventory.yaml")
+    assert book.registry.address == "203.0.113.10"
+    assert len(book.clients) == 3
+    assert book.clients[2].runtimes == ("docker",)
+
+
+def test_client_mapping_with_runtimes_and_global_default() -> None:
+    book = parse_inventory(
+        "registry: {address: 203.0.113.10}\nruntimes: [podman]\n"
+        "clients:\n  - 203.0.113.21\n  - {host: 203.0.113.22, runtimes: [docker]}\n"
+    )
+    assert book.clients[0].runtimes == ("podman",)
+    assert book.clients[1].runtimes == ("docker",)
+
+
+def test_ipv6_and_names() -> None:
+    book = parse_inventory(
+        "registry:\n  address: '2001:DB8::5'\n  extra_addresses: [Registry.Example.]\n"
+        "clients: ['root@[2001:db8::21]:22', node1.example]\n"
+    )
+    assert book.registry.address == "2001:db8::5"
+    assert book.registry.extra_addresses == ("registry.example",)
+    assert book.clients[0].target == SshTarget("2001:db8::21", "root", 22)
+    assert book.clients[1].target == SshTarget("node1.example")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("registry: [\n", "not valid YAML at line 2"),
+        ("registry:\n  adress: 203.0.113.10\n", "unknown key registry.adress (did you mean 'address'?)"),
+        ("registy: {address: 203.0.113.10}\n", "did you mean 'registry'"),
+        ("registry: {address: 203.0.113.10, port: 0}\n", "port 0 is out of range"),
+        ("registry: {address: 203.0.113.10, port: 70000}\n", "out of range"),
+        ("registry: {address: 203.0.113.10, port: five}\n", "expected a port number"),
+        ("registry: {address: 'https://203.0.113.10'}\n", "has a scheme or a path; give the bare address, for example '203.0.113.10'"),
+        ("registry: {address: '203.0.113.10/v2/'}\n", "has a scheme or a path"),
+        ("registry: {address: '203.0.113.10:5000'}\n", "includes a port"),
+        ("registry: {address: 'not an address!'}\n", "neither an IP address nor a valid host name"),
+        ("registry: {address: 999.1.1.1}\n", "neither an IP address nor a valid host name"),
+        ("registry: {address: 203.0.113.10}\nclients: []\n", "'clients' is an empty list"),
+        ("registry: {address: 203.0.113.10}\nclients: 203.0.113.2\n", "'clients' must be a list"),
+        ("registry: {address: 203.0.113.10}\nclients: [a.example, a.example]\n", "clients[1]: a.example is listed twice (also clients[0])"),
+        ("registry: {address: 203.0.113.10}\nclients: [{runtimes: [docker]}]\n", "missing 'host'"),
+        ("registry: {address: 203.0.113.10}\nclients: [{host: a.example, runtimes: [dokker]}]\n", "unknown runtime 'dokker' (did you mean 'docker'?)"),
+        ("registry: {address: 203.0.113.10}\nruntimes: [auto, docker]\n", "list either 'auto' or runtimes"),
+        ("registry: {address: 203.0.113.10}\nclients: ['root@:22']\n", "is not an IP address or host name"),
+        ("registry: {address: 203.0.113.10}\nclients: ['a.example:99999']\n", "out of range"),
+        ("registry:\n  address: 203.0.113.10\n  address: 203.0.113.11\n", "key 'address' appears twice"),
+        ("registry: {address: 203.0.113.10, data: 'my data'}\n", "neither a volume name"),
+        ("registry: {address: 203.0.113.10, remote_dir: relative}\n", "must be an absolute path"),
+        ("registry: {address: 203.0.113.10, remote_dir: /etc}\n", "is a system folder"),
+        ("registry: 203.0.113.10\n", "'registry' must be a mapping"),
+    ],
+)  # fmt: skip
+def test_bad_inventory_gets_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_inventory(text, Path("inv.yaml"))
+    text_of_error = str(caught.value)
+    assert message in text_of_error
+    assert text_of_error.startswith("inv.yaml")
+    assert "\n" not in text_of_error
+
+
+def test_missing_file_names_it_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no such inventory file.*--inventory PATH"):
+        load_inventory(tmp_path / "nope.yaml")
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a folder"):
+        load_inventory(tmp_path)
+
+
+def test_unreadable_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_inventory(path)
+
+
+# Arbitrary documents: a valid inventory or our own error, never anything else. --------
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["203.0.113.10", "2001:db8::1", "a.example", "root@h:22", "auto",
+                     "docker", "podman", "/opt/x", "registry:2", "-1", "65536"]),
+)  # fmt: skip
+keys = st.sampled_from(
+    ["registry", "clients", "runtimes", "address", "port", "extra_addresses", "ssh",
+     "image", "data", "remote_dir", "container", "host", "other"]
+)  # fmt: skip
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents)
+def test_any_document_loads_or_gives_our_error(document: object) -> None:
+    text = yaml.safe_dump(document)
+    try:
+        parse_inventory(text, Path("inv.yaml"))
+    except InputError as exc:
+        assert str(exc).startswith("inv.yaml")
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_loads_or_gives_our_error(text: str) -> None:
+    try:
+        parse_inventory(text, Path("inv.yaml"))
+    except InputError as exc:
+        assert str(exc).startswith("inv.yaml")

@@ -1,0 +1,183 @@
+"""The registry host's plan: settings, probe parsing, the exact docker run command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import HostError, InputError
+from tasks.inventory import RegistrySettings, parse_inventory
+from tasks.registry import (
+    MANAGED_LABEL,
+    SPEC_LABEL,
+    ContainerPlan,
+    Probe,
+    RegistrySpec,
+    check_host_ready,
+    parse_probe,
+    plan_container,
+    public_without_auth,
+    render_apply,
+    resolve_spec,
+    run_arguments,
+    spec_hash,
+)
+
+SPEC = RegistrySpec(
+    address="203.0.113.10",
+    port=5000,
+    extra_addresses=("10.0.0.10",),
+    image="registry:2",
+    data="registry-data",
+    remote_dir="/opt/registry",
+    container="registry",
+)
+
+
+def probe(**changes: object) -> Probe:
+    values: dict[str, object] = dict(
+        docker_path="/usr/bin/docker",
+        daemon_version="20.10.24",
+        daemon_error=None,
+        container=None,
+        image_id="sha256:abc",
+        listeners=[],
+    )
+    values.update(changes)
+    return Probe(**values)  # type: ignore[arg-type]
+
+
+def container(labels: dict[str, str], running: bool = True) -> dict[str, object]:
+    return {"Config": {"Labels": labels}, "State": {"Running": running}}
+
+
+def test_address_defaults_to_the_ssh_host() -> None:
+    spec = resolve_spec(RegistrySettings(), None, ssh_host="203.0.113.10")
+    assert spec.address == "203.0.113.10"
+    assert spec.port == 5000
+    assert spec.authority == "203.0.113.10:5000"
+    assert spec.cert_path == "/opt/registry/certs/registry.crt"
+
+
+def test_inventory_values_and_options_combine() -> None:
+    book = parse_inventory(
+        "registry: {address: 203.0.113.10, port: 5001, extra_addresses: [10.0.0.10]}\n",
+        Path("inv.yaml"),
+    )
+    spec = resolve_spec(book.registry, book, ssh_host="root@x", image="registry:2.8")
+    assert (spec.address, spec.port, spec.image) == ("203.0.113.10", 5001, "registry:2.8")
+    assert spec.addresses == ["203.0.113.10", "10.0.0.10"]
+
+
+def test_option_contradicting_inventory_is_refused() -> None:
+    book = parse_inventory("registry: {address: 203.0.113.10, port: 5001}\n", Path("i.yaml"))
+    with pytest.raises(InputError, match=r"--port 5002 contradicts registry.port: 5001 in i.yaml"):
+        resolve_spec(book.registry, book, ssh_host=None, port=5002)
+
+
+def test_no_address_anywhere() -> None:
+    with pytest.raises(InputError, match="no registry address"):
+        resolve_spec(RegistrySettings(), None, ssh_host=None)
+
+
+def test_run_arguments_carry_tls_restart_and_data() -> None:
+    arguments = run_arguments(SPEC, "h1")
+    joined = " ".join(arguments)
+    assert "--restart=always" in arguments
+    assert "--publish 5000:5000" in joined
+    assert "--volume registry-data:/var/lib/registry" in joined
+    assert "--volume /opt/registry/certs:/certs:ro" in joined
+    assert "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/registry.crt" in joined
+    assert "REGISTRY_HTTP_TLS_KEY=/certs/registry.key" in joined
+    assert f"{MANAGED_LABEL}=true" in joined and f"{SPEC_LABEL}=h1" in joined
+    assert arguments[-1] == "registry:2"
+
+
+def test_spec_hash_follows_certificate_and_settings() -> None:
+    base = spec_hash(SPEC, "sha256:abc", ["d1", "d2"])
+    assert base == spec_hash(SPEC, "sha256:abc", ["d2", "d1"])
+    assert base != spec_hash(SPEC, "sha256:abc", ["d1", "d3"])
+    assert base != spec_hash(SPEC, "sha256:def", ["d1", "d2"])
+    moved = RegistrySpec(**{**SPEC.__dict__, "port": 5001})
+    assert base != spec_hash(moved, "sha256:abc", ["d1", "d2"])
+
+
+@pytest.mark.parametrize(
+    ("found", "action"),
+    [
+        (None, "create"),
+        (container({MANAGED_LABEL: "true", SPEC_LABEL: "want"}), "keep"),
+        (container({MANAGED_LABEL: "true", SPEC_LABEL: "want"}, running=False), "start"),
+        (container({MANAGED_LABEL: "true", SPEC_LABEL: "old"}), "recreate"),
+    ],
+)
+def test_plan_container(found: dict[str, object] | None, action: str) -> None:
+    assert plan_container(SPEC, probe(container=found), "want", "h").action == action
+
+
+def test_foreign_container_with_our_name_is_refused() -> None:
+    with pytest.raises(HostError, match="was not made by this tool"):
+        plan_container(SPEC, probe(container=container({})), "want", "root@h")
+
+
+def test_checks_name_missing_docker_stopped_daemon_and_busy_port() -> None:
+    create = ContainerPlan("create", "")
+    with pytest.raises(HostError, match="docker is not installed"):
+        check_host_ready(SPEC, probe(docker_path=None), "h", create)
+    with pytest.raises(HostError, match=r"daemon is not reachable \(Cannot connect"):
+        check_host_ready(
+            SPEC,
+            probe(daemon_version=None, daemon_error="Cannot connect to the Docker daemon"),
+            "h",
+            create,
+        )
+    busy = ['LISTEN 0 5 0.0.0.0:5000 0.0.0.0:* users:(("python3",pid=7,fd=3))']
+    with pytest.raises(HostError, match="port 5000 is already in use by python3"):
+        check_host_ready(SPEC, probe(listeners=busy), "h", create)
+    ours = container({MANAGED_LABEL: "true", SPEC_LABEL: "x"})
+    check_host_ready(SPEC, probe(listeners=busy, container=ours), "h", ContainerPlan("keep", ""))
+
+
+def test_parse_probe() -> None:
+    inspect = json.dumps([container({MANAGED_LABEL: "true"})])
+    output = (
+        "@@docker\n/usr/bin/docker\n@@daemon\n0\n20.10.24\n@@container\n"
+        f"{inspect}\n@@image\nsha256:abc\n@@listeners\n@@files\n"
+        "aaa  /opt/registry/certs/registry.crt\n@@end\n"
+    )
+    found = parse_probe(output)
+    assert found.docker_path == "/usr/bin/docker"
+    assert found.daemon_version == "20.10.24"
+    assert found.container is not None
+    assert found.image_id == "sha256:abc"
+    assert found.listeners == []
+    assert found.file_digests == {"/opt/registry/certs/registry.crt": "aaa"}
+
+
+def test_parse_probe_without_docker() -> None:
+    output = (
+        "@@docker\nmissing\n@@daemon\n127\nsh: docker: not found\n@@container\n"
+        "@@image\n@@listeners\nunknown\n@@files\n@@end\n"
+    )
+    found = parse_probe(output)
+    assert found.docker_path is None
+    assert found.daemon_version is None
+    assert found.daemon_error == "sh: docker: not found"
+    assert found.listeners is None
+
+
+def test_apply_script_recreates_then_runs() -> None:
+    script = render_apply(SPEC, "FILES\n", ContainerPlan("recreate", ""), ["docker", "run", "x"], pull=False)
+    lines = script.splitlines()
+    assert lines[0] == "FILES"
+    assert lines.index("docker rm --force registry >/dev/null || exit 1") < lines.index(
+        "docker run x >/dev/null || exit 4"
+    )
+
+
+def test_public_addresses_are_flagged() -> None:
+    public = RegistrySpec(**{**SPEC.__dict__, "address": "8.8.8.8"})
+    assert public_without_auth(public) == ["8.8.8.8"]
+    assert public_without_auth(SPEC) == []  # documentation and private ranges

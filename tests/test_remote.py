@@ -1,0 +1,150 @@
+"""The file script every host runs, executed here by a real POSIX shell."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.options import command_line_hosts
+from tasks.remote import (
+    FileReport,
+    RemoteFile,
+    fan_out,
+    render_put_files,
+    render_remove_files,
+    script_header,
+)
+
+
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-s"], input=script, capture_output=True, text=True, check=False
+    )
+
+
+def put(files: list[RemoteFile], dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+    return run_script(script_header(dry_run) + render_put_files(files))
+
+
+def test_writes_then_reports_unchanged(tmp_path: Path) -> None:
+    target = tmp_path / "certs.d" / "203.0.113.7:5000" / "ca.crt"
+    files = [RemoteFile(str(target), b"-----BEGIN CERTIFICATE-----\nabc\n", 0o644)]
+    first = put(files)
+    assert first.returncode == 0, first.stderr
+    assert FileReport.parse(first.stdout).changed == [str(target)]
+    assert target.read_bytes() == files[0].content
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    second = put(files)
+    assert FileReport.parse(second.stdout).unchanged == [str(target)]
+    assert FileReport.parse(second.stdout).changed == []
+
+
+def test_mode_difference_alone_is_a_change(tmp_path: Path) -> None:
+    target = tmp_path / "server.key"
+    target.write_bytes(b"secret")
+    target.chmod(0o644)
+    result = put([RemoteFile(str(target), b"secret", 0o600)])
+    assert FileReport.parse(result.stdout).changed == [str(target)]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_binary_and_odd_content_round_trips(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 40 + b"\nEOF\n'\"$(reboot)`"
+    target = tmp_path / "blob"
+    assert put([RemoteFile(str(target), content)]).returncode == 0
+    assert target.read_bytes() == content
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "ca.crt"
+    result = put([RemoteFile(str(target), b"x")], dry_run=True)
+    assert result.stdout.split() == ["would-change", str(target)]
+    assert not target.exists()
+    assert not target.parent.exists()
+
+
+def test_failed_write_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions; the lab covers a read-only disk")
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    target = folder / "ca.crt"
+    target.write_bytes(b"old")
+    folder.chmod(0o555)
+    try:
+        result = put([RemoteFile(str(target), b"new")])
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode != 0
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.crt"]
+
+
+def test_full_disk_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
+    # ulimit -f stops the write part way, as a full disk would.
+    target = tmp_path / "ca.crt"
+    target.write_bytes(b"old")
+    script = "ulimit -f 1\n" + script_header(False) + render_put_files(
+        [RemoteFile(str(target), b"n" * 100_000)]
+    )
+    result = run_script(script)
+    assert result.returncode != 0
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt"]
+
+
+def test_remove_only_what_still_holds_our_content(tmp_path: Path) -> None:
+    ours = RemoteFile(str(tmp_path / "ours" / "ca.crt"), b"ours")
+    edited = RemoteFile(str(tmp_path / "edited" / "ca.crt"), b"ours")
+    put([ours, edited])
+    Path(edited.path).write_bytes(b"someone changed it")
+    result = run_script(script_header(False) + render_remove_files([ours, edited]))
+    report = FileReport.parse(result.stdout)
+    assert report.removed == [ours.path]
+    assert report.kept == [edited.path]
+    assert not Path(ours.path).parent.exists()  # its empty folder went too
+    assert Path(edited.path).read_bytes() == b"someone changed it"
+    again = run_script(script_header(False) + render_remove_files([ours]))
+    assert again.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "hosts"),
+    [
+        (["-H", "a,b", "trust-clients"], ["a", "b"]),
+        (["--hosts=a", "-i", "k", "trust-clients"], ["a"]),
+        (["-Hroot@a:22,b", "trust-clients"], ["root@a:22", "b"]),
+        (["trust-clients", "--registry", "x"], []),
+    ],
+)
+def test_command_line_hosts(argv: list[str], hosts: list[str]) -> None:
+    assert command_line_hosts(argv) == hosts
+
+
+def test_fan_out_keeps_input_order_and_bounds_workers() -> None:
+    import threading
+    import time
+
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.01 * (5 - item % 5))
+        with lock:
+            running -= 1
+        return item * 2
+
+    seen: list[int] = []
+    results = fan_out(list(range(20)), work, 4, on_done=lambda d, t, r: seen.append(d))
+    assert results == [i * 2 for i in range(20)]
+    assert peak <= 4
+    assert seen == list(range(1, 21))
