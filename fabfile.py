@@ -3,8 +3,7 @@
 This file only wires the task collection; each module of ``tasks/`` owns one concern.
 """
 
-from fabric import Config
-from invoke import Collection
+from invoke.collection import Collection
 
 from tasks import clients, registry
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
@@ -26,5 +25,3 @@ namespace.configure(
         "timeouts": {"connect": 10},
     }
 )
-
-__all__ = ["Config", "namespace"]

@@ -53,8 +53,8 @@ def check_address(text: object, where: str) -> str:
     if text.count(":") == 1 and text.rsplit(":", 1)[1].isdigit():
         host, port = text.rsplit(":", 1)
         raise InputError(
-            f"{where}: {text!r} includes a port; give the address {host!r} and the port "
-            f"{port} separately"
+            f"{where}: {text!r} includes a port; give the address {host!r} and "
+            f"the port {port} separately"
         )
     if not is_host_name(text):
         raise InputError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from fabric import task
@@ -97,8 +96,9 @@ def trust_files(registry: Registry, ca_pem: bytes, runtime: str) -> list[RemoteF
 def stray_folder_patterns(registry: Registry, runtime: str) -> list[str]:
     """Shell globs for folders of the same address without our exact port.
 
-    A CA in ``certs.d/ADDRESS/`` or ``certs.d/ADDRESS:443/`` is not read for images named
-    ``ADDRESS:5000/...``: a classic cause of "certificate signed by unknown authority".
+    A CA in ``certs.d/ADDRESS/`` or ``certs.d/ADDRESS:443/`` is not read for images
+    named ``ADDRESS:5000/...``: a classic cause of "certificate signed by unknown
+    authority".
     """
     base = CERTS_DIRS[runtime]
     ip = parse_ip(registry.address)
@@ -166,18 +166,19 @@ def parse_trust(output: str) -> TrustReport:
 
 
 def client_runtimes(client: Client, override: Sequence[str] | None) -> tuple[str, ...]:
-    """The runtimes to trust on ``client``: the --runtimes option wins over the inventory."""
+    """The runtimes to trust on ``client``: --runtimes wins over the inventory."""
     return tuple(override) if override else client.runtimes
 
 
-# The tasks -----------------------------------------------------------------------------
+# The tasks ----------------------------------------------------------------------------
 
 TRUST_HELP = {
     "inventory": HELP_INVENTORY,
     "registry": "Registry as ADDRESS[:PORT] (port default 5000); default: the "
     "inventory's registry.",
     "runtimes": "Comma-separated runtimes to trust on every client, from "
-    f"{', '.join((AUTO, *RUNTIMES))}; default: per client from the inventory, else auto.",
+    f"{', '.join((AUTO, *RUNTIMES))}; default: per client from the inventory, "
+    "else auto.",
     "pki_dir": HELP_PKI_DIR,
     "dry_run": "Show per host what would change, and change nothing.",
     "workers": f"How many hosts to work on at once; default: {DEFAULT_WORKERS}.",
@@ -219,7 +220,8 @@ def prepare_fleet_run(
         wanted = (settings.address, settings.port or DEFAULT_REGISTRY_PORT)
         if settings.address is not None and (address, port) != wanted:
             raise InputError(
-                f"--registry {registry} contradicts registry {wanted[0]}:{wanted[1]} in "
+                f"--registry {registry} contradicts registry "
+                f"{wanted[0]}:{wanted[1]} in "
                 f"{book.path if book else 'the inventory'}; change one of them"
             )
     elif settings.address is not None:
@@ -235,7 +237,8 @@ def prepare_fleet_run(
         for name in override:
             if name not in (AUTO, *RUNTIMES):
                 raise InputError(
-                    f"--runtimes: unknown runtime {name!r}; use {', '.join((AUTO, *RUNTIMES))}"
+                    f"--runtimes: unknown runtime {name!r}; use "
+                    f"{', '.join((AUTO, *RUNTIMES))}"
                 )
     if cli_hosts:
         clients = tuple(

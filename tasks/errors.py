@@ -1,8 +1,8 @@
 """The one error hierarchy of the project.
 
-Every failure a user can cause or meet is one of these. Each message is a single line that
-names the host, the file or key at fault and the fix; the task boundary turns it into
-``invoke.exceptions.Exit`` so the user sees that line and no traceback.
+Every failure a user can cause or meet is one of these. Each message is a single line
+that names the host, the file or key at fault and the fix; the task boundary turns it
+into ``invoke.exceptions.Exit`` so the user sees that line and no traceback.
 """
 
 from __future__ import annotations

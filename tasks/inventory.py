@@ -89,7 +89,7 @@ def _construct_unique_mapping(
 ) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, Mapping | list):
             continue
         if key in seen:
@@ -106,7 +106,7 @@ def _construct_unique_mapping(
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,  # type: ignore[arg-type]
+    _construct_unique_mapping,
 )
 
 
@@ -207,7 +207,8 @@ def _clients(
         )
     if not section:
         raise InputError(
-            f"{name}: 'clients' is an empty list; add at least one host or remove the key"
+            f"{name}: 'clients' is an empty list; add at least one host or remove "
+            "the key"
         )
     clients: list[Client] = []
     seen: dict[tuple[str, int | None], int] = {}
@@ -257,7 +258,8 @@ def _runtimes(value: object, name: str, key: str) -> tuple[str, ...]:
             runtimes.append(item)
     if AUTO in runtimes and len(runtimes) > 1:
         raise InputError(
-            f"{name}: {key}: 'auto' detects runtimes itself; list either 'auto' or runtimes"
+            f"{name}: {key}: 'auto' detects runtimes itself; list either 'auto' or "
+            "runtimes"
         )
     return tuple(runtimes)
 

@@ -1,4 +1,4 @@
-"""What every task reads before it connects: the inventory, the state folder, -H hosts."""
+"""What tasks read before they connect: the inventory, the state folder, -H hosts."""
 
 from __future__ import annotations
 

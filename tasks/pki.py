@@ -1,8 +1,8 @@
 """The private CA and the registry's server certificate, kept on the control machine.
 
 Plain functions issue and inspect certificates with the ``cryptography`` library; the
-``StateFolder`` keeps them on disk (private keys 0600, the folder 0700), reuses one CA for
-every later run and never replaces it silently.
+``StateFolder`` keeps them on disk (private keys 0600, the folder 0700), reuses one CA
+for every later run and never replaces it silently.
 """
 
 from __future__ import annotations
@@ -258,7 +258,10 @@ def _name_allowed(
     def matches(subtree: x509.GeneralName) -> bool:
         if isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
             network = subtree.value
-            return name.value.version == network.version and name.value in network
+            address = name.value
+            if not isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                return False
+            return address.version == network.version and address in network
         if isinstance(name, x509.DNSName) and isinstance(subtree, x509.DNSName):
             base = subtree.value.lower().lstrip(".")
             value = name.value.lower()
@@ -269,6 +272,16 @@ def _name_allowed(
         return False
     same_kind = [s for s in permitted if type(s) is type(name)]
     return not same_kind or any(matches(subtree) for subtree in same_kind)
+
+
+def _same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    def encoded(public_key: object) -> bytes:
+        return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+
+    return encoded(cert.public_key()) == encoded(key.public_key())
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -400,14 +413,15 @@ class StateFolder:
             if self.server_cert_path.exists():
                 raise StateError(
                     f"{self.ca_cert_path}: missing although {self.server_cert_path} "
-                    "exists; restore ca.crt and ca.key from your backup (a new CA would "
-                    "make every client distrust the registry)"
+                    "exists; restore ca.crt and ca.key from your backup (a new CA "
+                    "would make every client distrust the registry)"
                 )
             return None
         if not have_key:
             raise StateError(
                 f"{self.ca_key_path}: missing beside {self.ca_cert_path}; restore it "
-                "from your backup (a new CA would make every client distrust the registry)"
+                "from your backup (a new CA would make every client distrust the "
+                "registry)"
             )
         if not have_cert:
             raise StateError(
@@ -416,7 +430,7 @@ class StateFolder:
             )
         cert = self._read_cert(self.ca_cert_path)
         key = self._read_key(self.ca_key_path)
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        if not _same_public_key(cert, key):
             raise StateError(
                 f"{self.ca_key_path}: does not belong to {self.ca_cert_path}; restore "
                 "the matching pair from your backup"
@@ -473,7 +487,8 @@ class StateFolder:
         days: int = DEFAULT_SERVER_DAYS,
         force: bool = False,
     ) -> Issued:
-        """Reuse the server certificate unless its addresses, CA or expiry call for a new one."""
+        """Reuse the server certificate unless its addresses, CA or expiry call for
+        a new one."""
         reason = "asked to" if force else "none existed"
         if (
             not force
@@ -482,9 +497,7 @@ class StateFolder:
         ):
             cert = self._read_cert(self.server_cert_path)
             key = self._read_key(self.server_key_path)
-            matches = (
-                cert.public_key().public_numbers() == key.public_key().public_numbers()
-            )
+            matches = _same_public_key(cert, key)
             problem = server_cert_problem(cert, ca.cert, addresses)
             if matches and problem is None:
                 return Issued(cert, key, None)
@@ -500,7 +513,8 @@ class StateFolder:
             return x509.load_pem_x509_certificate(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise StateError(
-                f"{path}: cannot read the certificate ({exc}); restore it from your backup"
+                f"{path}: cannot read the certificate ({exc}); restore it from your "
+                "backup"
             ) from None
 
     def _read_key(self, path: Path) -> PrivateKey:
@@ -508,7 +522,8 @@ class StateFolder:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
             raise StateError(
-                f"{path}: cannot read the private key ({exc}); restore it from your backup"
+                f"{path}: cannot read the private key ({exc}); restore it from your "
+                "backup"
             ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise StateError(f"{path}: unsupported key type; use ECDSA or RSA")

@@ -116,7 +116,8 @@ def merge_setting(
     default: Any,
     inventory: Inventory | None,
 ) -> Any:
-    """An option, else the inventory's value, else the default; refuse a contradiction."""
+    """An option, else the inventory's value, else the default; refuse a
+    contradiction."""
     if option is not None and inventory_value is not None and option != inventory_value:
         where = inventory.path if inventory and inventory.path else "the inventory"
         raise InputError(
@@ -142,7 +143,10 @@ def resolve_spec(
     remote_dir: str | None = None,
     container: str | None = None,
 ) -> RegistrySpec:
-    """Combine options, the inventory and defaults; the address defaults to the SSH host."""
+    """Combine options, the inventory and defaults.
+
+    The address defaults to the SSH host.
+    """
     resolved_address = merge_setting(
         "address", address, settings.address, None, inventory
     )
@@ -171,7 +175,7 @@ def resolve_spec(
     )
 
 
-# Probe ---------------------------------------------------------------------------------
+# Probe --------------------------------------------------------------------------------
 
 
 def render_probe(spec: RegistrySpec) -> str:
@@ -254,7 +258,7 @@ def parse_probe(output: str) -> Probe:
     )
 
 
-# Plan ----------------------------------------------------------------------------------
+# Plan ---------------------------------------------------------------------------------
 
 
 def run_arguments(spec: RegistrySpec, spec_hash: str) -> list[str]:
@@ -303,9 +307,9 @@ def plan_container(
     if labels.get(MANAGED_LABEL) != "true":
         raise HostError(
             host,
-            f"a container named {spec.container!r} exists and was not made by this tool; "
-            "remove or rename it (docker rm -f / docker rename), or pass --container "
-            "with another name",
+            f"a container named {spec.container!r} exists and was not made by this "
+            "tool; remove or rename it (docker rm -f / docker rename), or pass "
+            "--container with another name",
         )
     if labels.get(SPEC_LABEL) != wanted_hash:
         return ContainerPlan("recreate", "its settings or certificate changed")
@@ -314,10 +318,8 @@ def plan_container(
     return ContainerPlan("keep", "up to date")
 
 
-def check_host_ready(
-    spec: RegistrySpec, probe: Probe, host: str, plan: ContainerPlan
-) -> None:
-    """Refuse early, with the fix, when docker or the port are not usable."""
+def check_docker(probe: Probe, host: str) -> None:
+    """Refuse early, with the fix, when docker is missing or its daemon is down."""
     if probe.docker_path is None:
         raise HostError(
             host,
@@ -331,9 +333,11 @@ def check_host_ready(
             f"the docker daemon is not reachable{detail}; start it (systemctl start "
             "docker) and run setup-registry again",
         )
-    ours_running = plan.action in ("keep", "recreate") and bool(
-        ((probe.container or {}).get("State") or {}).get("Running")
-    )
+
+
+def check_port_free(spec: RegistrySpec, probe: Probe, host: str) -> None:
+    """Refuse when another program holds the port; our own running container may."""
+    ours_running = bool(((probe.container or {}).get("State") or {}).get("Running"))
     if probe.listeners and not ours_running:
         holder = _listener_program(probe.listeners[0])
         raise HostError(
@@ -377,7 +381,7 @@ def render_apply(
     return "\n".join(lines) + "\n"
 
 
-# Verification --------------------------------------------------------------------------
+# Verification -------------------------------------------------------------------------
 
 
 @dataclass
@@ -486,7 +490,7 @@ def image_archive_path(value: str | None) -> Path | None:
     return path
 
 
-# The task ------------------------------------------------------------------------------
+# The task -----------------------------------------------------------------------------
 
 SETUP_HELP = {
     "address": "Address clients use in image names (IP or name); default: the -H host.",
@@ -498,7 +502,8 @@ SETUP_HELP = {
     "the host lacks the image (air-gapped hosts); default: none, pull instead.",
     "data": "Named volume or absolute host path for the registry's data; default: "
     "registry-data.",
-    "remote_dir": "Folder on the registry host for its TLS files; default: /opt/registry.",
+    "remote_dir": "Folder on the registry host for its TLS files; default: "
+    "/opt/registry.",
     "container": "Name of the registry container; default: registry.",
     "inventory": HELP_INVENTORY,
     "pki_dir": HELP_PKI_DIR,
@@ -507,8 +512,8 @@ SETUP_HELP = {
     "server_days": f"Validity of a new server certificate in days; default: "
     f"{pki.DEFAULT_SERVER_DAYS}.",
     "ca_days": f"Validity of a new CA in days; default: {pki.DEFAULT_CA_DAYS}.",
-    "no_name_constraints": "Make a new CA without name constraints (it could then vouch "
-    "for any site); default: constrained to the registry's addresses.",
+    "no_name_constraints": "Make a new CA without name constraints (it could then "
+    "vouch for any site); default: constrained to the registry's addresses.",
 }
 
 
@@ -574,7 +579,6 @@ def setup_registry(
         fleet.known_hosts.prepare(connection)
     else:
         connection = fleet.connect(settings.ssh or spec.address)
-    host = host_label(connection)
 
     state = StateFolder(Path(pki_dir))
     with state.locked():
@@ -589,11 +593,10 @@ def setup_registry(
         )
         outcome = deploy_registry(connection, spec, ca, server, archive)
 
-    for change in (ca.change, server.change):
+    for change in (server.change, ca.change):
         if change:
             outcome.details.insert(0, change)
-    if outcome.details and outcome.status == UNCHANGED:
-        outcome.status = CHANGED
+            outcome.status = CHANGED
     log_outcome(outcome)
     log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
     warn_expiry(ca.cert, "CA", state.ca_cert_path)
@@ -625,7 +628,7 @@ def deploy_registry(
         run_as_root(connection, render_probe(spec), what="registry probe").stdout
     )
     details: list[str] = []
-    check_host_ready(spec, probe, host, ContainerPlan("create", ""))
+    check_docker(probe, host)
 
     image_id = probe.image_id
     if image_id is None:
@@ -639,7 +642,7 @@ def deploy_registry(
     ]
     wanted = spec_hash(spec, image_id, [item.digest for item in files])
     plan = plan_container(spec, probe, wanted, host)
-    check_host_ready(spec, probe, host, plan)
+    check_port_free(spec, probe, host)
     script = render_apply(
         spec,
         script_header(False) + render_put_files(files),

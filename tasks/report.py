@@ -37,7 +37,7 @@ class Outcome:
 
 
 def setup_logging() -> None:
-    """Send our messages to standard output, plainly; debug when Fabric's --debug is on."""
+    """Send our messages to standard output; debug lines when Fabric's --debug is on."""
     if log.handlers:
         return
     handler = logging.StreamHandler(sys.stdout)
@@ -59,7 +59,9 @@ def user_errors(function: F) -> F:
         except RegistryToolError as exc:
             raise Exit(f"error: {exc}", code=1) from None
         except KeyboardInterrupt:
-            raise Exit("interrupted; run the task again to complete the work", code=130)
+            raise Exit(
+                "interrupted; run the task again to complete the work", code=130
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -78,5 +78,7 @@ def test_nothing_to_trust_is_a_failure_with_the_fix() -> None:
 
 
 def test_unchanged_report() -> None:
-    report = parse_trust("runtime docker\nunchanged /etc/docker/certs.d/a:5000/ca.crt\n")
+    report = parse_trust(
+        "runtime docker\nunchanged /etc/docker/certs.d/a:5000/ca.crt\n"
+    )
     assert trust_outcome("h", report, dry_run=False).status == UNCHANGED

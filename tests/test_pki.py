@@ -130,7 +130,7 @@ def test_default_keys_are_p256(ca: pki.Issued) -> None:
 
 
 def test_validity_starts_in_the_past_and_is_capped(ca: pki.Issued) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     key = pki.generate_key()
     cert = pki.issue_server_cert(ca.cert, ca.key, key, [ADDRESS], now=now)
     assert cert.not_valid_before_utc <= now - dt.timedelta(minutes=30)
@@ -161,8 +161,9 @@ def test_unpermitted_addresses(
     assert pki.unpermitted_addresses(ca.cert, addresses) == refused
 
 
-def openssl_verify(tmp_path: Path, ca_cert: x509.Certificate, cert: x509.Certificate,
-                   ip: str) -> subprocess.CompletedProcess[str]:
+def openssl_verify(
+    tmp_path: Path, ca_cert: x509.Certificate, cert: x509.Certificate, ip: str
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "ca.pem").write_bytes(pki.cert_pem(ca_cert))
     (tmp_path / "server.pem").write_bytes(pki.cert_pem(cert))
     return subprocess.run(
@@ -190,7 +191,9 @@ def test_openssl_refuses_another_ip(
 
 def test_name_constraints_stop_a_leaked_ca_key(tmp_path: Path, ca: pki.Issued) -> None:
     # A certificate for another address, signed with the CA key, is still refused.
-    forged = pki.issue_server_cert(ca.cert, ca.key, pki.generate_key(), ["198.51.100.1"])
+    forged = pki.issue_server_cert(
+        ca.cert, ca.key, pki.generate_key(), ["198.51.100.1"]
+    )
     result = openssl_verify(tmp_path, ca.cert, forged, "198.51.100.1")
     assert result.returncode != 0
     assert "subtree violation" in result.stdout + result.stderr
@@ -200,8 +203,10 @@ def test_server_cert_problem(ca: pki.Issued, server: x509.Certificate) -> None:
     addresses = [ADDRESS, "2001:db8::5"]
     assert pki.server_cert_problem(server, ca.cert, addresses) is None
     assert "differ" in (pki.server_cert_problem(server, ca.cert, [ADDRESS]) or "")
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=380)
-    assert "expires" in (pki.server_cert_problem(server, ca.cert, addresses, later) or "")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=380)
+    assert "expires" in (
+        pki.server_cert_problem(server, ca.cert, addresses, later) or ""
+    )
     other_key = pki.generate_key()
     other_ca = pki.issue_ca(other_key, addresses)
     assert "not signed" in (pki.server_cert_problem(server, other_ca, addresses) or "")
@@ -238,7 +243,7 @@ def test_missing_ca_key_stops_instead_of_replacing(tmp_path: Path) -> None:
     state = pki.StateFolder(tmp_path / "pki")
     state.ensure_ca([ADDRESS])
     state.ca_key_path.unlink()
-    with pytest.raises(StateError, match="ca.key: missing"):
+    with pytest.raises(StateError, match=r"ca.key: missing"):
         state.ensure_ca([ADDRESS])
 
 
@@ -248,7 +253,7 @@ def test_missing_ca_beside_server_cert_stops(tmp_path: Path) -> None:
     state.ensure_server_cert(ca, [ADDRESS])
     state.ca_key_path.unlink()
     state.ca_cert_path.unlink()
-    with pytest.raises(StateError, match="restore ca.crt and ca.key"):
+    with pytest.raises(StateError, match=r"restore ca.crt and ca.key"):
         state.ensure_ca([ADDRESS])
 
 
@@ -271,7 +276,7 @@ def test_damaged_certificate_is_named(tmp_path: Path) -> None:
     state = pki.StateFolder(tmp_path / "pki")
     state.ensure_ca([ADDRESS])
     state.ca_cert_path.write_text("not a certificate")
-    with pytest.raises(StateError, match="ca.crt: cannot read the certificate"):
+    with pytest.raises(StateError, match=r"ca.crt: cannot read the certificate"):
         state.ensure_ca([ADDRESS])
 
 

@@ -15,7 +15,8 @@ from tasks.registry import (
     ContainerPlan,
     Probe,
     RegistrySpec,
-    check_host_ready,
+    check_docker,
+    check_port_free,
     parse_probe,
     plan_container,
     public_without_auth,
@@ -67,13 +68,21 @@ def test_inventory_values_and_options_combine() -> None:
         Path("inv.yaml"),
     )
     spec = resolve_spec(book.registry, book, ssh_host="root@x", image="registry:2.8")
-    assert (spec.address, spec.port, spec.image) == ("203.0.113.10", 5001, "registry:2.8")
+    assert (spec.address, spec.port, spec.image) == (
+        "203.0.113.10",
+        5001,
+        "registry:2.8",
+    )
     assert spec.addresses == ["203.0.113.10", "10.0.0.10"]
 
 
 def test_option_contradicting_inventory_is_refused() -> None:
-    book = parse_inventory("registry: {address: 203.0.113.10, port: 5001}\n", Path("i.yaml"))
-    with pytest.raises(InputError, match=r"--port 5002 contradicts registry.port: 5001 in i.yaml"):
+    book = parse_inventory(
+        "registry: {address: 203.0.113.10, port: 5001}\n", Path("i.yaml")
+    )
+    with pytest.raises(
+        InputError, match=r"--port 5002 contradicts registry.port: 5001 in i.yaml"
+    ):
         resolve_spec(book.registry, book, ssh_host=None, port=5002)
 
 
@@ -109,7 +118,10 @@ def test_spec_hash_follows_certificate_and_settings() -> None:
     [
         (None, "create"),
         (container({MANAGED_LABEL: "true", SPEC_LABEL: "want"}), "keep"),
-        (container({MANAGED_LABEL: "true", SPEC_LABEL: "want"}, running=False), "start"),
+        (
+            container({MANAGED_LABEL: "true", SPEC_LABEL: "want"}, running=False),
+            "start",
+        ),
         (container({MANAGED_LABEL: "true", SPEC_LABEL: "old"}), "recreate"),
     ],
 )
@@ -122,22 +134,24 @@ def test_foreign_container_with_our_name_is_refused() -> None:
         plan_container(SPEC, probe(container=container({})), "want", "root@h")
 
 
-def test_checks_name_missing_docker_stopped_daemon_and_busy_port() -> None:
-    create = ContainerPlan("create", "")
+def test_checks_name_missing_docker_and_stopped_daemon() -> None:
     with pytest.raises(HostError, match="docker is not installed"):
-        check_host_ready(SPEC, probe(docker_path=None), "h", create)
+        check_docker(probe(docker_path=None), "h")
     with pytest.raises(HostError, match=r"daemon is not reachable \(Cannot connect"):
-        check_host_ready(
-            SPEC,
-            probe(daemon_version=None, daemon_error="Cannot connect to the Docker daemon"),
+        check_docker(
+            probe(
+                daemon_version=None, daemon_error="Cannot connect to the Docker daemon"
+            ),
             "h",
-            create,
         )
+
+
+def test_busy_port_names_the_program_unless_it_is_our_registry() -> None:
     busy = ['LISTEN 0 5 0.0.0.0:5000 0.0.0.0:* users:(("python3",pid=7,fd=3))']
     with pytest.raises(HostError, match="port 5000 is already in use by python3"):
-        check_host_ready(SPEC, probe(listeners=busy), "h", create)
+        check_port_free(SPEC, probe(listeners=busy), "h")
     ours = container({MANAGED_LABEL: "true", SPEC_LABEL: "x"})
-    check_host_ready(SPEC, probe(listeners=busy, container=ours), "h", ContainerPlan("keep", ""))
+    check_port_free(SPEC, probe(listeners=busy, container=ours), "h")
 
 
 def test_parse_probe() -> None:
@@ -169,7 +183,13 @@ def test_parse_probe_without_docker() -> None:
 
 
 def test_apply_script_recreates_then_runs() -> None:
-    script = render_apply(SPEC, "FILES\n", ContainerPlan("recreate", ""), ["docker", "run", "x"], pull=False)
+    script = render_apply(
+        SPEC,
+        "FILES\n",
+        ContainerPlan("recreate", ""),
+        ["docker", "run", "x"],
+        pull=False,
+    )
     lines = script.splitlines()
     assert lines[0] == "FILES"
     assert lines.index("docker rm --force registry >/dev/null || exit 1") < lines.index(

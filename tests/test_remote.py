@@ -26,7 +26,9 @@ def run_script(script: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def put(files: list[RemoteFile], dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+def put(
+    files: list[RemoteFile], dry_run: bool = False
+) -> subprocess.CompletedProcess[str]:
     return run_script(script_header(dry_run) + render_put_files(files))
 
 
@@ -88,8 +90,10 @@ def test_full_disk_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
     # ulimit -f stops the write part way, as a full disk would.
     target = tmp_path / "ca.crt"
     target.write_bytes(b"old")
-    script = "ulimit -f 1\n" + script_header(False) + render_put_files(
-        [RemoteFile(str(target), b"n" * 100_000)]
+    script = (
+        "ulimit -f 1\n"
+        + script_header(False)
+        + render_put_files([RemoteFile(str(target), b"n" * 100_000)])
     )
     result = run_script(script)
     assert result.returncode != 0

@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh Debian 12 machine (as root):
+#   make demo   - the main job end to end on the built-in local lab
+#   make test   - every check and the whole test suite (unit and lab)
+PYTHON := .venv/bin/python
+
+.PHONY: deps demo test lint unit lab-up lab-down clean
+
+deps:
+	bash scripts/install-deps.sh
+
+demo: deps
+	$(PYTHON) scripts/demo.py $(if $(KEEP),--keep)
+
+lint: deps
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+test: lint
+	$(PYTHON) -m pytest
+
+unit: deps
+	$(PYTHON) -m pytest -m "not lab"
+
+lab-up: deps
+	$(PYTHON) -m tests.lab up
+
+lab-down:
+	$(PYTHON) -m tests.lab down
+
+clean: lab-down
+	rm -rf .lab .venv

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything the demo and the tests need on a fresh Debian 12 machine:
+# Debian's packages for the lab (sshd, dockerd, the registry binary, real clients)
+# and a Python virtual environment in .venv with the project's requirements.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  openssh-server openssh-client iproute2 iptables openssl curl ca-certificates
+  docker.io docker-registry skopeo podman containerd
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+    || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing Debian packages: ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  # The packages' own services must not start on the control machine: the lab runs
+  # its own daemons inside network namespaces.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  -r requirements-dev.txt
+echo "dependencies ready: $(.venv/bin/fab --version | head -1), $(dockerd --version)"

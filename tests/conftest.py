@@ -1,0 +1,80 @@
+"""Fixtures shared by the lab tests: the lab itself and a way to run ``fab`` in it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import Lab
+
+PROJECT = Path(__file__).resolve().parent.parent
+FAB = Path(sys.executable).parent / "fab"
+LAB_HOSTS = [("registry", True), ("client1", True), ("client2", False)]
+
+
+@dataclass
+class FabResult:
+    code: int
+    output: str
+
+
+@dataclass
+class Workspace:
+    """A control-machine folder of the user's: inventory, state folder, and ``fab``."""
+
+    lab: Lab
+    folder: Path
+
+    def fab(self, *args: str, timeout: float = 300) -> FabResult:
+        """Run the real ``fab`` command with the lab's SSH settings, as a user would."""
+        command = [
+            str(FAB), "--search-root", str(PROJECT),
+            "--config", str(self.lab.fabric_config()), *args,
+        ]  # fmt: skip
+        done = subprocess.run(
+            command,
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        output = done.stdout + done.stderr
+        print(f"$ fab {' '.join(args)}\n{output}")
+        return FabResult(done.returncode, output)
+
+    def write_inventory(self, document: dict[str, object]) -> Path:
+        path = self.folder / "inventory.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The lab's hosts, up for the whole session; skipped only where it cannot run."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, sshd, dockerd)")
+    lab = Lab(PROJECT / ".lab" / "tests")
+    lab.up(LAB_HOSTS)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def workspace(lab: Lab, tmp_path: Path) -> Workspace:
+    return Workspace(lab, tmp_path)
+
+
+def run_on(lab: Lab, name: str, command: str) -> subprocess.CompletedProcess[str]:
+    """Run a command on a lab host without raising; tests assert on the result."""
+    return lab.host(name).run(command, check=False, timeout=180)

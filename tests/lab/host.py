@@ -1,0 +1,238 @@
+"""One lab host: a long-lived init holding a net + mount namespace, and LabHost.
+
+The init mounts the host's private folders, then sleeps; sshd, dockerd and every
+LabHost.run() enter its namespaces, so they all see the same private files.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .commands import CLEAN_ENV, run_local
+from .errors import LabCommandError, LabCommandTimeout, LabError
+
+
+@dataclass(frozen=True)
+class PrivateDir:
+    """A folder each host gets its own copy of, bind-mounted from its file tree.
+
+    seed: start the copy with the control machine's contents, for folders that
+    tools cannot work without (podman's policy.json, the system trust store).
+    """
+
+    path: str
+    seed: bool = False
+
+
+# Extend here when a task writes somewhere new: whatever a task writes over SSH
+# must land in the host's own tree, or hosts would see each other's changes.
+PRIVATE_DIRS: tuple[PrivateDir, ...] = (
+    PrivateDir("/etc/docker"),
+    PrivateDir("/etc/containerd"),
+    PrivateDir("/etc/containers", seed=True),
+    PrivateDir("/etc/rancher"),
+    PrivateDir("/etc/buildkit"),
+    PrivateDir("/etc/pki"),
+    PrivateDir("/etc/ssl/certs", seed=True),
+    PrivateDir("/usr/local/share/ca-certificates"),
+    PrivateDir("/opt/registry"),
+    PrivateDir("/root/.docker"),
+    PrivateDir("/var/lib/docker"),
+    PrivateDir("/var/lib/containerd"),
+    PrivateDir("/var/lib/containers"),
+)
+
+# Mounted fresh in every host: sockets, pid files and scratch space stay private.
+TMPFS_DIRS = ("/run", "/tmp")
+
+
+def prepare_file_tree(files: Path) -> None:
+    """Create the host's tree under files/, seeding folders that need content."""
+    for private in PRIVATE_DIRS:
+        target = files / private.path.lstrip("/")
+        if private.seed and Path(private.path).is_dir():
+            shutil.copytree(private.path, target, symlinks=True, dirs_exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
+
+
+def ensure_mount_points() -> None:
+    """Bind mounts need their target to exist on the control machine."""
+    for private in PRIVATE_DIRS:
+        Path(private.path).mkdir(parents=True, exist_ok=True)
+
+
+def _hidden_by_tmpfs(path: Path) -> str | None:
+    for tmpfs in TMPFS_DIRS:
+        if path.is_relative_to(tmpfs):
+            return tmpfs
+    return None
+
+
+def check_workdir(workdir: Path) -> None:
+    # A workdir under /tmp is brought back over the fresh /tmp (see init_script);
+    # one under /run cannot be, since /run is where it would be stashed.
+    if workdir.is_relative_to("/run"):
+        raise LabError(
+            f"lab workdir {workdir} is under /run, which every host replaces with "
+            "an empty tmpfs; pick a folder elsewhere (e.g. under /tmp or the repo)"
+        )
+
+
+def init_script(files: Path, workdir: Path) -> str:
+    """Shell code the host's init runs inside its new mount namespace."""
+    q = shlex.quote
+    lines = ["set -eu"]
+    for private in sorted(PRIVATE_DIRS, key=lambda p: p.path.count("/")):
+        source = files / private.path.lstrip("/")
+        lines.append(f"mount --bind {q(str(source))} {q(private.path)}")
+    lines.append("mount -t tmpfs -o mode=0755 lab-run /run")
+
+    # The lab's own files (sshd config, keys, build contexts) must stay visible.
+    stash = "/run/lab-workdir"
+    under_tmp = workdir.is_relative_to("/tmp")
+    if under_tmp:
+        lines.append(f"mkdir {stash} && mount --bind {q(str(workdir))} {stash}")
+    lines.append("mount -t tmpfs -o mode=1777 lab-tmp /tmp")
+    if under_tmp:
+        lines.append(f"mkdir -p {q(str(workdir))}")
+        lines.append(f"mount --move {stash} {q(str(workdir))} && rmdir {stash}")
+
+    # Debian's sshd refuses to start without its privilege separation folder.
+    lines.append("mkdir -p /run/sshd && chmod 0755 /run/sshd")
+    lines.append("echo ready")
+    lines.append("exec sleep infinity </dev/null >/dev/null 2>&1")
+    return "\n".join(lines)
+
+
+def start_init(netns_path: Path, script: str, host_name: str) -> subprocess.Popen[str]:
+    """Start the host's init and wait until its mounts are in place."""
+    # nsenter, not `ip netns exec`: the latter remounts /sys and hides the
+    # cgroup tree, and dockerd then fails to start.
+    argv = [
+        "nsenter",
+        f"--net={netns_path}",
+        "--",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(CLEAN_ENV),
+        start_new_session=True,
+        cwd="/",
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first_line = process.stdout.readline().strip()
+    if first_line != "ready":
+        process.kill()
+        process.wait()
+        raise LabError(
+            f"host {host_name}: init failed before mounting its folders: "
+            f"{process.stderr.read().strip() or 'no output'}"
+        )
+    process.stdout.close()
+    process.stderr.close()
+    return process
+
+
+@dataclass
+class LabHost:
+    """A machine of the lab, reachable over SSH at `address`.
+
+    files is the host's private tree on the control machine: /etc/docker inside
+    the host is files / "etc/docker" here.
+    """
+
+    name: str
+    address: str
+    docker: bool
+    files: Path
+
+    @property
+    def home(self) -> Path:
+        """Folder holding this host's pid file, configs and logs."""
+        return self.files.parent
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    def init_pid(self) -> int:
+        """Pid of the process whose namespaces define this host."""
+        pid_file = self.home / "init.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            raise LabError(
+                f"host {self.name} is not up ({pid_file} missing); run Lab.up()"
+            ) from None
+        own_mounts = os.readlink("/proc/self/ns/mnt")
+        try:
+            alive = os.readlink(f"/proc/{pid}/ns/mnt") != own_mounts
+        except OSError:
+            alive = False
+        if not alive:
+            raise LabError(
+                f"host {self.name}: its init (pid {pid}) is gone; bring the lab "
+                "up again with Lab.up() or `python -m tests.lab up`"
+            )
+        return pid
+
+    def run(
+        self,
+        command: str,
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a bash command inside this host as root and capture its output.
+
+        It enters the host's net and mount namespaces, as an SSH session would,
+        but with a fixed PATH and no login profile. A command that leaves a
+        daemon behind must redirect its stdin/stdout/stderr, or this waits for it.
+        """
+        argv = [
+            "nsenter",
+            "-t",
+            str(self.init_pid()),
+            "-n",
+            "-m",
+            "--wd=/root",
+            "--",
+            "/bin/bash",
+            "-c",
+            command,
+        ]
+        where = f"host {self.name}"
+        try:
+            result = run_local(
+                argv,
+                where=where,
+                check=False,
+                timeout=timeout,
+                input=input,
+                env=CLEAN_ENV,
+            )
+        except LabCommandTimeout as error:
+            raise LabCommandTimeout(where, command, timeout) from error
+        result.args = command
+        if check and result.returncode != 0:
+            raise LabCommandError(
+                where, command, result.returncode, result.stdout, result.stderr
+            )
+        return result
