@@ -62,7 +62,12 @@ def lab() -> Iterator[Lab]:
     """The lab's hosts, up for the whole session; skipped only where it cannot run."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, sshd, dockerd)")
-    lab = Lab(PROJECT / ".lab" / "tests")
+    # Its own names and subnet, so the tests can run while `make demo` has a lab up.
+    lab = Lab(
+        PROJECT / ".lab" / "tests",
+        subnet=os.environ.get("LAB_TEST_SUBNET", "10.231.1"),
+        prefix=os.environ.get("LAB_TEST_PREFIX", "reglabt"),
+    )
     lab.up(LAB_HOSTS)
     try:
         yield lab

@@ -55,7 +55,7 @@ class Lab:
         self,
         workdir: Path,
         subnet: str | None = None,
-        prefix: str = network.DEFAULT_PREFIX,
+        prefix: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         check_workdir(self.workdir)
@@ -66,7 +66,9 @@ class Lab:
             )
         chosen = subnet or os.environ.get("LAB_SUBNET") or network.DEFAULT_SUBNET
         self.subnet = network.parse_subnet(chosen)
-        self.naming = network.Naming(prefix)
+        self.naming = network.Naming(
+            prefix or os.environ.get("LAB_PREFIX") or network.DEFAULT_PREFIX
+        )
         self.ssh_key = self.workdir / "keys" / "id_ed25519"
         self.known_hosts = self.workdir / "ssh" / "known_hosts"
         self._inits: dict[str, subprocess.Popen[str]] = {}
