@@ -1,18 +1,23 @@
 """Client machines: install the registry's CA where each container runtime reads it.
 
-Each client costs one SSH connection and one remote command, whether anything changes or
-not: the script detects the runtimes, compares every file with what it should be and
-writes only the ones that differ, atomically.
+A client with nothing to change costs one SSH connection and one remote command: the
+script detects the runtimes, compares every file with what it should be, writes only the
+ones that differ (atomically) and prints the config files that need merging. Only when a
+config file (containerd, k3s, rke2, BuildKit) must change does a second command write it
+and restart the service that reads it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from fabric import task
+from fabric import Connection, task
 from invoke.context import Context
 
 from . import pki
@@ -23,7 +28,7 @@ from .addresses import (
     split_authority,
 )
 from .errors import HostError, InputError
-from .inventory import AUTO, RUNTIMES, Client, RegistrySettings
+from .inventory import AUTO, Client, RegistrySettings
 from .options import (
     DEFAULT_PKI_DIR,
     HELP_INVENTORY,
@@ -58,21 +63,24 @@ from .report import (
     log_outcome,
     user_errors,
 )
+from .runtimes import (
+    AUTO_DETECTED,
+    DETECT,
+    RUNTIMES,
+    SERVICES,
+    SYSTEM_STORES,
+    ConfigError,
+    ca_file,
+    config_file,
+    edit_config,
+    hosts_toml,
+    hosts_toml_path,
+)
 
-#: Where each runtime looks for a registry's CA, per ``ADDRESS:PORT`` folder.
-CERTS_DIRS = {
-    "docker": "/etc/docker/certs.d",
-    "podman": "/etc/containers/certs.d",
-}
-
-#: How ``auto`` recognises a runtime on a host: its programs or its config folder.
-DETECT = {
-    "docker": "command -v dockerd || command -v docker || [ -d /etc/docker ]",
-    "podman": (
-        "command -v podman || command -v skopeo || command -v crio "
-        "|| command -v buildah || [ -d /etc/containers ]"
-    ),
-}
+SYSTEM_NOTE = (
+    "running dockerd and containerd read the OS store only when they start: restart "
+    "them (systemctl restart docker containerd) for it to take effect"
+)
 
 
 @dataclass(frozen=True)
@@ -87,28 +95,56 @@ class Registry:
         return registry_authority(self.address, self.port)
 
 
-def trust_files(registry: Registry, ca_pem: bytes, runtime: str) -> list[RemoteFile]:
-    """The files that make ``runtime`` trust the registry's CA."""
-    folder = f"{CERTS_DIRS[runtime]}/{registry.authority}"
-    return [RemoteFile(f"{folder}/ca.crt", ca_pem, 0o644)]
+def trust_files(
+    registry: Registry, ca_pem: bytes, runtime: str, family: str = "debian"
+) -> list[RemoteFile]:
+    """The files that make ``runtime`` trust the registry's CA (configs aside)."""
+    authority = registry.authority
+    files = [RemoteFile(ca_file(runtime, authority, family), ca_pem, 0o644)]
+    if runtime == "containerd":
+        files.append(
+            RemoteFile(
+                hosts_toml_path(authority), hosts_toml(authority).encode(), 0o644
+            )
+        )
+    return files
 
 
-def stray_folder_patterns(registry: Registry, runtime: str) -> list[str]:
+def stray_folder_patterns(registry: Registry, certs_dir: str) -> list[str]:
     """Shell globs for folders of the same address without our exact port.
 
     A CA in ``certs.d/ADDRESS/`` or ``certs.d/ADDRESS:443/`` is not read for images
     named ``ADDRESS:5000/...``: a classic cause of "certificate signed by unknown
     authority".
     """
-    base = CERTS_DIRS[runtime]
     ip = parse_ip(registry.address)
     host = (
         f"[{registry.address}]"
         if ip is not None and ip.version == 6
         else registry.address
     )
-    bare = shlex.quote(f"{base}/{host}")
-    return [bare, f"{bare}:*", shlex.quote(f"{base}/{registry.address}")]
+    bare = shlex.quote(f"{certs_dir}/{host}")
+    return [bare, f"{bare}:*", shlex.quote(f"{certs_dir}/{registry.address}")]
+
+
+def chosen_runtimes(runtimes: Sequence[str]) -> tuple[str, ...]:
+    """The runtimes a script handles: every detectable one for ``auto``."""
+    if AUTO in runtimes:
+        return AUTO_DETECTED
+    return tuple(runtime for runtime in RUNTIMES if runtime in runtimes)
+
+
+def _stray_check(registry: Registry, runtime: str) -> str:
+    if runtime not in ("docker", "podman"):
+        return ""
+    ours_file = ca_file(runtime, registry.authority)
+    certs_dir = ours_file.rsplit("/", 2)[0]
+    ours = shlex.quote(ours_file.rsplit("/", 1)[0])
+    patterns = " ".join(stray_folder_patterns(registry, certs_dir))
+    return (
+        f'for d in {patterns}; do [ -d "$d" ] && [ "$d" != {ours} ] '
+        '&& echo "stray $d"; done\n'
+    )
 
 
 def render_trust(
@@ -117,52 +153,188 @@ def render_trust(
     """The one script that installs the CA for the client's runtimes."""
     auto = AUTO in runtimes
     lines = [script_header(dry_run), "found=''"]
-    for runtime in RUNTIMES if auto else runtimes:
-        files = trust_files(registry, ca_pem, runtime)
-        ours = shlex.quote(f"{CERTS_DIRS[runtime]}/{registry.authority}")
+    for runtime in chosen_runtimes(runtimes):
+        if runtime == "system":
+            lines.append(_render_system(registry, ca_pem, remove=False))
+            continue
         condition = f"{{ {DETECT[runtime]}; }} >/dev/null 2>&1" if auto else "true"
         lines.append(f"if {condition}; then")
         lines.append(f"echo 'runtime {runtime}'; found=1")
-        lines.append(render_put_files(files))
-        lines.append(
-            f"for d in {' '.join(stray_folder_patterns(registry, runtime))}; do "
-            f'[ -d "$d" ] && [ "$d" != {ours} ] && echo "stray $d"; done'
-        )
+        lines.append(render_put_files(trust_files(registry, ca_pem, runtime)))
+        lines.append(_stray_check(registry, runtime))
+        config = config_file(runtime)
+        if config is not None:
+            lines.append(f"show_file {runtime} {shlex.quote(config)}")
+        if runtime == "containerd":
+            lines.append(
+                'echo "version containerd $(containerd --version 2>/dev/null)"'
+            )
         lines.append("fi")
     lines.append("[ -n \"$found\" ] || echo 'runtime none'")
     return "\n".join(lines) + "\n"
 
 
+def _render_system(registry: Registry, ca_pem: bytes, remove: bool) -> str:
+    """Install (or remove) the CA in the OS trust store, then rebuild the store."""
+    branches = []
+    for keyword, family in (("if", "debian"), ("elif", "redhat")):
+        update = SYSTEM_STORES[family][1]
+        tool = update.split()[0]
+        files = trust_files(registry, ca_pem, "system", family)[:1]
+        action = render_remove_files(files) if remove else render_put_files(files)
+        done = "removed" if remove else "changed"
+        branches.append(
+            f"{keyword} command -v {tool} >/dev/null 2>&1; then\n"
+            f"{'' if remove else 'echo runtime system; found=1'}\n"
+            f"{action}"
+            f'if [ "$last" = {done} ]; then {update} >/dev/null 2>&1 '
+            f"&& echo 'store-updated {tool}' "
+            f"|| {{ echo '{tool} failed' >&2; exit 1; }}; fi"
+        )
+    # Nothing to remove where there is no store we know; nothing to install is an error.
+    missing = (
+        ""
+        if remove
+        else "echo 'unsupported system: neither update-ca-certificates nor "
+        "update-ca-trust is installed'"
+    )
+    branches.append(f"else\n{missing or ':'}\nfi")
+    return "\n".join(branches)
+
+
 def render_untrust(registry: Registry, ca_pem: bytes, runtimes: Sequence[str]) -> str:
-    """The inverse of ``render_trust``: remove what it wrote, if still unmodified."""
-    chosen = RUNTIMES if AUTO in runtimes else runtimes
-    lines = [script_header(False)]
-    for runtime in chosen:
+    """The inverse of ``render_trust``: remove what it wrote, if still unmodified.
+
+    Config files are printed for the caller to edit, like ``render_trust`` does.
+    """
+    lines = [script_header(False), "found=''"]
+    # auto removes from every place trust-clients may have written to.
+    for runtime in RUNTIMES if AUTO in runtimes else chosen_runtimes(runtimes):
+        if runtime == "system":
+            lines.append(_render_system(registry, ca_pem, remove=True))
+            continue
         lines.append(render_remove_files(trust_files(registry, ca_pem, runtime)))
-    return "\n".join(lines)
+        config = config_file(runtime)
+        if config is not None and runtime != "containerd":
+            quoted = shlex.quote(config)
+            lines.append(f"[ -f {quoted} ] && show_file {runtime} {quoted}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ConfigFile:
+    """A runtime's config file as the host has it (None: no such file)."""
+
+    runtime: str
+    mode: int
+    text: str | None
 
 
 @dataclass
 class TrustReport:
-    """What the trust script found and did on one client."""
+    """What a trust or untrust script found and did on one client."""
 
     runtimes: list[str]
     files: FileReport
-    stray: list[str]
+    stray: list[str] = field(default_factory=list)
+    configs: list[ConfigFile] = field(default_factory=list)
+    containerd_major: int = 1
+    notes: list[str] = field(default_factory=list)
+    store_updated: bool = False
 
 
 def parse_trust(output: str) -> TrustReport:
-    """Read the lines ``render_trust`` prints."""
+    """Read the lines ``render_trust`` and ``render_untrust`` print."""
     files = FileReport.parse(output)
-    runtimes = []
-    stray = []
+    report = TrustReport(runtimes=[], files=files)
     for line in files.other:
         word, _, rest = line.partition(" ")
         if word == "runtime" and rest != "none":
-            runtimes.append(rest)
+            report.runtimes.append(rest)
         elif word == "stray":
-            stray.append(rest)
-    return TrustReport(runtimes=runtimes, files=files, stray=stray)
+            report.stray.append(rest)
+        elif word == "config":
+            report.configs.append(_parse_config(rest))
+        elif word == "version":
+            match = re.search(r"\bv?(\d+)\.\d+", rest)
+            report.containerd_major = int(match.group(1)) if match else 1
+        elif word == "store-updated":
+            report.store_updated = True
+        elif word == "unsupported":
+            report.notes.append(rest)
+    return report
+
+
+def _parse_config(rest: str) -> ConfigFile:
+    runtime, mode, encoded = [*rest.split(" ", 2), "-", "-"][:3]
+    if mode == "-":
+        return ConfigFile(runtime, 0o644, None)
+    try:
+        text = base64.b64decode(encoded).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        text = "\0"  # not text: the editor reports it
+    return ConfigFile(runtime, int(mode, 8), text)
+
+
+@dataclass
+class ConfigPlan:
+    """Config files to write on a client, and what went wrong with the others."""
+
+    files: list[RemoteFile] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def plan_configs(report: TrustReport, registry: Registry, remove: bool) -> ConfigPlan:
+    """Edit each config file the script printed; collect the ones that change."""
+    plan = ConfigPlan()
+    for config in report.configs:
+        path = config_file(config.runtime)
+        assert path is not None, config.runtime
+        try:
+            if config.text is not None and "\0" in config.text:
+                raise ConfigError("it is not a text file; fix it by hand first")
+            edit = edit_config(
+                config.runtime,
+                config.text,
+                registry.authority,
+                report.containerd_major,
+                remove,
+            )
+        except ConfigError as exc:
+            plan.errors.append(f"{config.runtime}: {path}: {exc}")
+            continue
+        if edit.note:
+            plan.notes.append(f"{config.runtime}: {edit.note}")
+        if edit.text is not None:
+            plan.files.append(RemoteFile(path, edit.text.encode(), config.mode))
+            plan.runtimes.append(config.runtime)
+    return plan
+
+
+def render_config_writes(plan: ConfigPlan, dry_run: bool) -> str:
+    """Write the changed config files, then restart what reads them, if it runs."""
+    lines = [script_header(dry_run), render_put_files(plan.files)]
+    if dry_run:
+        return "\n".join(lines)
+    for runtime in plan.runtimes:
+        units = " ".join(SERVICES.get(runtime, ()))
+        if not units:
+            continue
+        lines.append(
+            "restarted=''\n"
+            "if command -v systemctl >/dev/null 2>&1; then\n"
+            f"  for unit in {units}; do\n"
+            '    if systemctl is-active --quiet "$unit"; then\n'
+            '      systemctl restart "$unit" || exit 1\n'
+            '      echo "restarted $unit"; restarted=1; break\n'
+            "    fi\n"
+            "  done\n"
+            "fi\n"
+            f'[ -n "$restarted" ] || echo "restart-needed {runtime}"'
+        )
+    return "\n".join(lines) + "\n"
 
 
 def client_runtimes(client: Client, override: Sequence[str] | None) -> tuple[str, ...]:
@@ -277,11 +449,16 @@ def trust_clients(
     """Install the registry's CA on every client so its runtimes trust the registry.
 
     Clients come from the inventory's 'clients', or from -H (then --registry or the
-    inventory names the registry). On each client, for each runtime found (or listed):
-    docker reads /etc/docker/certs.d/ADDRESS:PORT/ca.crt, podman, CRI-O and skopeo
-    read /etc/containers/certs.d/ADDRESS:PORT/ca.crt. Files are written atomically and
-    only when they differ. Hosts run in parallel; a failed host does not stop the
-    others, and the task exits 1 at the end if any failed. Safe to re-run.
+    inventory names the registry). On each client, for each runtime found (auto) or
+    listed, the CA goes where that runtime reads it, in a folder named exactly
+    ADDRESS:PORT: docker /etc/docker/certs.d, podman/CRI-O/skopeo
+    /etc/containers/certs.d, containerd /etc/containerd/certs.d (ca.crt and
+    hosts.toml, and config_path in config.toml), k3s/rke2 registries.yaml (merged),
+    buildkit /etc/buildkit/buildkitd.toml, system the OS trust store. BuildKit and the
+    OS store are only done when listed. containerd, k3s and rke2 are restarted only
+    when their config changed. Files are written atomically and only when they
+    differ. Hosts run in parallel; a failed host does not stop the others, and the
+    task exits 1 at the end if any failed. Safe to re-run. Inverse: untrust-clients.
     """
     run = prepare_fleet_run(
         c, "trust-clients", inventory, registry, runtimes, pki_dir, workers
@@ -294,11 +471,12 @@ def trust_clients(
     )
 
     def work(client: Client) -> Outcome:
-        return trust_one(run, client, dry_run)
+        return on_client(run, client, remove=False, dry_run=dry_run)
 
     outcomes = fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress)
     finish(
-        outcomes, None if dry_run else f"push and pull {run.registry.authority}/IMAGE"
+        outcomes,
+        None if dry_run else f"push and pull {run.registry.authority}/IMAGE",
     )
 
 
@@ -306,46 +484,100 @@ def _progress(done: int, total: int, outcome: Outcome) -> None:
     log_outcome(outcome, done, total)
 
 
-def trust_one(run: FleetRun, client: Client, dry_run: bool) -> Outcome:
-    """Install the CA on one client; every failure becomes that host's outcome."""
+def on_client(run: FleetRun, client: Client, *, remove: bool, dry_run: bool) -> Outcome:
+    """Trust (or untrust) on one client; every failure becomes that host's outcome."""
     connection = run.fleet.connect(client.target)
     host = str(client.target)
     try:
-        script = render_trust(run.registry, run.ca_pem, client.runtimes, dry_run)
-        result = run_as_root(connection, script, what="trust")
-        if not result.ok:
-            raise HostError(host, f"could not install the CA: {failure_line(result)}")
-        report = parse_trust(result.stdout)
+        return _on_client(run, client, connection, host, remove, dry_run)
     except HostError as exc:
         return Outcome(host, FAILED, [exc.reason])
     finally:
         connection.close()
-    return trust_outcome(host, report, dry_run)
 
 
-def trust_outcome(host: str, report: TrustReport, dry_run: bool) -> Outcome:
-    """Turn what the script said into the host's line."""
-    if not report.runtimes:
+def _on_client(
+    run: FleetRun,
+    client: Client,
+    connection: Connection,
+    host: str,
+    remove: bool,
+    dry_run: bool,
+) -> Outcome:
+    if remove:
+        script = render_untrust(run.registry, run.ca_pem, client.runtimes)
+    else:
+        script = render_trust(run.registry, run.ca_pem, client.runtimes, dry_run)
+    result = run_as_root(connection, script, what="untrust" if remove else "trust")
+    if not result.ok:
+        verb = "remove" if remove else "install"
+        raise HostError(host, f"could not {verb} the CA: {failure_line(result)}")
+    report = parse_trust(result.stdout)
+
+    plan = plan_configs(report, run.registry, remove)
+    restarts: list[str] = []
+    if plan.files:
+        written = run_as_root(
+            connection, render_config_writes(plan, dry_run), what="config edits"
+        )
+        if not written.ok:
+            raise HostError(
+                host, f"could not write the runtime configs: {failure_line(written)}"
+            )
+        done = FileReport.parse(written.stdout)
+        report.files.changed.extend(done.changed)
+        restarts = done.other
+    return client_outcome(host, report, plan, restarts, remove, dry_run)
+
+
+def client_outcome(
+    host: str,
+    report: TrustReport,
+    plan: ConfigPlan,
+    restarts: Sequence[str],
+    remove: bool,
+    dry_run: bool,
+) -> Outcome:
+    """Turn what the scripts said into the host's line."""
+    if not remove and not report.runtimes:
         return Outcome(
             host,
             FAILED,
             [
-                "no container runtime found (docker, podman, skopeo, CRI-O); install "
-                "one, or list runtimes for this client in the inventory"
+                "no container runtime found (docker, containerd, podman, skopeo, "
+                "k3s, rke2); install one, or list runtimes for this client in the "
+                "inventory",
             ],
         )
-    details = [f"runtimes: {', '.join(report.runtimes)}"]
-    verb = "would write" if dry_run else "wrote"
-    details.extend(f"{verb} {path}" for path in report.files.changed)
-    details.extend(
+    details = [f"runtimes: {', '.join(report.runtimes)}"] if report.runtimes else []
+    if remove:
+        details += [f"removed {path}" for path in report.files.removed]
+        details += [f"edited {file.path}" for file in plan.files]
+        details += [
+            f"kept {path} (changed since we wrote it)" for path in report.files.kept
+        ]
+    else:
+        verb = "would write" if dry_run else "wrote"
+        details += [f"{verb} {path}" for path in report.files.changed]
+    for line in restarts:
+        word, _, rest = line.partition(" ")
+        if word == "restarted":
+            details.append(f"restarted {rest}")
+        elif word == "restart-needed":
+            details.append(f"{rest} is not run by systemd here: restart it to apply")
+    if report.store_updated:
+        details.append("rebuilt the OS trust store; " + SYSTEM_NOTE)
+    details += [f"note: {note}" for note in plan.notes]
+    details += [
         f"note: {folder} also exists but is not read for this registry's images"
         for folder in report.stray
-    )
-    if report.files.changed:
-        status = WOULD_CHANGE if dry_run else CHANGED
-    else:
-        status = UNCHANGED
-    return Outcome(host, status, details)
+    ]
+    failures = plan.errors + [f"system: {note}" for note in report.notes]
+    if failures:
+        return Outcome(host, FAILED, details + failures)
+    if not (report.files.changed or report.files.removed or plan.files):
+        return Outcome(host, UNCHANGED, details)
+    return Outcome(host, WOULD_CHANGE if dry_run else CHANGED, details)
 
 
 UNTRUST_HELP = {key: TRUST_HELP[key] for key in ("inventory", "registry", "pki_dir")}
@@ -365,9 +597,12 @@ def untrust_clients(
 ) -> None:
     """Remove from every client exactly what trust-clients installed there.
 
-    Deletes each CA file trust-clients wrote, only if it still holds our CA (a file
-    someone changed is kept and reported), and its folder when that leaves it empty.
-    Same hosts and options as trust-clients. Safe to re-run.
+    Deletes each CA file and hosts.toml trust-clients wrote, only if it still holds
+    what we wrote (a file someone changed is kept and reported), and its folder when
+    that leaves it empty; removes the registry's entry from k3s/rke2 registries.yaml
+    and buildkitd.toml, keeping every other entry; removes the CA from the OS store.
+    containerd's config_path stays, as other registries may rely on it. Same hosts and
+    options as trust-clients. Safe to re-run.
     """
     run = prepare_fleet_run(
         c, "untrust-clients", inventory, registry, runtimes, pki_dir, workers
@@ -376,22 +611,6 @@ def untrust_clients(
         return
 
     def work(client: Client) -> Outcome:
-        connection = run.fleet.connect(client.target)
-        host = str(client.target)
-        try:
-            script = render_untrust(run.registry, run.ca_pem, client.runtimes)
-            result = run_as_root(connection, script, what="untrust")
-            if not result.ok:
-                raise HostError(
-                    host, f"could not remove the CA: {failure_line(result)}"
-                )
-        except HostError as exc:
-            return Outcome(host, FAILED, [exc.reason])
-        finally:
-            connection.close()
-        report = FileReport.parse(result.stdout)
-        details = [f"removed {path}" for path in report.removed]
-        details += [f"kept {path} (changed since we wrote it)" for path in report.kept]
-        return Outcome(host, CHANGED if report.removed else UNCHANGED, details)
+        return on_client(run, client, remove=True, dry_run=False)
 
     finish(fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress))

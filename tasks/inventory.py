@@ -21,6 +21,7 @@ from .addresses import (
     parse_ssh_target,
 )
 from .errors import InputError
+from .runtimes import RUNTIMES
 
 DEFAULT_INVENTORY = "inventory.yaml"
 DEFAULT_IMAGE = "registry:2"
@@ -28,8 +29,6 @@ DEFAULT_DATA = "registry-data"
 DEFAULT_REMOTE_DIR = "/opt/registry"
 DEFAULT_CONTAINER = "registry"
 
-#: Every client runtime whose trust we know how to install.
-RUNTIMES = ("docker", "podman")
 AUTO = "auto"
 
 REGISTRY_KEYS = (

@@ -285,38 +285,52 @@ class RemoteFile:
 
 #: Shell functions every file script starts with. Each prints one line per path:
 #: ``unchanged``, ``changed``, ``would-change``, ``removed``, ``would-remove`` or
-#: ``kept``. A new file is written next to its target and renamed over it, so an
-#: interrupted run never leaves half a file; its content is checked against its digest
-#: before the rename.
+#: ``kept``, and leaves that word in ``$last``; ``show_file`` prints a config file for
+#: the caller to edit. A new file is written next to its target and renamed over it, so
+#: an interrupted run never leaves half a file; its content is checked against its
+#: digest before the rename.
 FILE_FUNCTIONS = r"""
 set -u
 umask 022
+last=''
 put_file() {
   p=$1 m=$2 want=$3
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
   mode=$(stat -c %a "$p" 2>/dev/null)
   if [ "$have" = "$want" ] && [ "$mode" = "$m" ]; then
-    cat >/dev/null; echo "unchanged $p"; return 0
+    cat >/dev/null; last=unchanged; echo "unchanged $p"; return 0
   fi
-  if [ -n "$DRY_RUN" ]; then cat >/dev/null; echo "would-change $p"; return 0; fi
+  if [ -n "$DRY_RUN" ]; then
+    cat >/dev/null; last=would-change; echo "would-change $p"; return 0
+  fi
   d=$(dirname "$p")
   mkdir -p "$d" || { cat >/dev/null; return 1; }
   t=$(mktemp "$d/.$(basename "$p").XXXXXX") || { cat >/dev/null; return 1; }
   if base64 -d >"$t" && chmod "$m" "$t" && sync "$t" 2>/dev/null \
      && [ "$(sha256sum "$t" | cut -c1-64)" = "$want" ] && mv -f "$t" "$p"; then
-    echo "changed $p"
+    last=changed; echo "changed $p"
   else
     rm -f "$t"; echo "could not write $p" >&2; return 1
   fi
 }
 remove_file() {
   p=$1 want=$2
+  last=unchanged
   [ -e "$p" ] || return 0
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
   if [ -n "$want" ] && [ "$have" != "$want" ]; then echo "kept $p"; return 0; fi
-  if [ -n "$DRY_RUN" ]; then echo "would-remove $p"; return 0; fi
-  rm -f "$p" && echo "removed $p" && rmdir "$(dirname "$p")" 2>/dev/null
+  if [ -n "$DRY_RUN" ]; then last=would-remove; echo "would-remove $p"; return 0; fi
+  rm -f "$p" || return 1
+  last=removed; echo "removed $p"
+  rmdir "$(dirname "$p")" 2>/dev/null
   return 0
+}
+show_file() {
+  if [ -f "$2" ]; then
+    echo "config $1 $(stat -c %a "$2") $(base64 -w0 <"$2")"
+  else
+    echo "config $1 - -"
+  fi
 }
 """
 

@@ -1,29 +1,35 @@
-"""Client trust: folder names per runtime, the trust script and its report."""
+"""Client trust: the trust script (run here by a real shell), its report, the outcome."""
 
 from __future__ import annotations
+
+import base64
 
 import pytest
 
 from tasks.clients import (
+    ConfigPlan,
     Registry,
+    client_outcome,
     parse_trust,
+    plan_configs,
+    render_config_writes,
     render_trust,
     render_untrust,
     trust_files,
-    trust_outcome,
 )
 from tasks.report import CHANGED, FAILED, UNCHANGED, WOULD_CHANGE
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+REGISTRY = Registry("203.0.113.7", 5000)
 
 
 @pytest.mark.parametrize(
     ("registry", "runtime", "path"),
     [
-        (Registry("203.0.113.7", 5000), "docker", "/etc/docker/certs.d/203.0.113.7:5000/ca.crt"),
+        (REGISTRY, "docker", "/etc/docker/certs.d/203.0.113.7:5000/ca.crt"),
         (Registry("203.0.113.7", 443), "docker", "/etc/docker/certs.d/203.0.113.7:443/ca.crt"),
         (Registry("2001:db8::5", 5000), "docker", "/etc/docker/certs.d/[2001:db8::5]:5000/ca.crt"),
-        (Registry("203.0.113.7", 5000), "podman", "/etc/containers/certs.d/203.0.113.7:5000/ca.crt"),
+        (REGISTRY, "podman", "/etc/containers/certs.d/203.0.113.7:5000/ca.crt"),
     ],
 )  # fmt: skip
 def test_trust_file_folder_is_exactly_address_port(
@@ -36,49 +42,126 @@ def test_trust_file_folder_is_exactly_address_port(
     assert only.content == CA
 
 
+def test_containerd_gets_its_ca_and_hosts_toml() -> None:
+    paths = [item.path for item in trust_files(REGISTRY, CA, "containerd")]
+    assert paths == [
+        "/etc/containerd/certs.d/203.0.113.7:5000/ca.crt",
+        "/etc/containerd/certs.d/203.0.113.7:5000/hosts.toml",  # C06: that exact name
+    ]
+
+
 def test_auto_script_guards_each_runtime_by_detection() -> None:
-    script = render_trust(Registry("203.0.113.7", 5000), CA, ["auto"], dry_run=False)
+    script = render_trust(REGISTRY, CA, ["auto"], dry_run=False)
     assert "command -v dockerd" in script
     assert "command -v skopeo" in script
+    assert "command -v k3s" in script
     assert "/etc/docker/certs.d/203.0.113.7:5000/ca.crt" in script
-    assert "/etc/containers/certs.d/203.0.113.7:5000/ca.crt" in script
+    assert "update-ca-certificates" not in script  # the OS store only when asked
 
 
 def test_explicit_runtimes_write_without_detection() -> None:
-    script = render_trust(Registry("203.0.113.7", 5000), CA, ["docker"], dry_run=False)
+    script = render_trust(REGISTRY, CA, ["docker"], dry_run=False)
     assert "command -v" not in script
     assert "/etc/containers" not in script
 
 
 def test_untrust_removes_only_our_files() -> None:
-    script = render_untrust(Registry("203.0.113.7", 5000), CA, ["docker"])
+    script = render_untrust(REGISTRY, CA, ["docker"])
     assert "remove_file /etc/docker/certs.d/203.0.113.7:5000/ca.crt" in script
     assert "rm -rf" not in script
 
 
+def test_untrust_auto_covers_every_place_trust_may_have_written() -> None:
+    script = render_untrust(REGISTRY, CA, ["auto"])
+    assert "ip-registry-203.0.113.7_5000.crt" in script
+    assert "/etc/buildkit/certs.d/" in script
+
+
 def test_report_lines() -> None:
+    config = base64.b64encode(b"version = 2\n").decode()
     report = parse_trust(
         "runtime docker\nchanged /etc/docker/certs.d/a:5000/ca.crt\n"
-        "stray /etc/docker/certs.d/a\nruntime podman\n"
-        "unchanged /etc/containers/certs.d/a:5000/ca.crt\n"
+        "stray /etc/docker/certs.d/a\nruntime containerd\n"
+        f"config containerd 600 {config}\nversion containerd containerd "
+        "github.com/containerd/containerd v2.0.2 abc\n"
+        "unchanged /etc/containerd/certs.d/a:5000/ca.crt\n"
     )
-    assert report.runtimes == ["docker", "podman"]
+    assert report.runtimes == ["docker", "containerd"]
     assert report.stray == ["/etc/docker/certs.d/a"]
-    outcome = trust_outcome("h", report, dry_run=False)
+    assert report.containerd_major == 2
+    (found,) = report.configs
+    assert (found.runtime, found.mode, found.text) == (
+        "containerd",
+        0o600,
+        "version = 2\n",
+    )
+
+
+def test_missing_config_reads_as_none() -> None:
+    report = parse_trust("runtime containerd\nconfig containerd - -\n")
+    assert report.configs[0].text is None
+
+
+def test_plan_configs_keeps_mode_and_collects_errors() -> None:
+    good = base64.b64encode(b"version = 2\n").decode()
+    bad = base64.b64encode(b"mirrors: [\n").decode()
+    report = parse_trust(
+        f"runtime containerd\nconfig containerd 600 {good}\nversion containerd 1.6.20\n"
+        f"runtime k3s\nconfig k3s 644 {bad}\n"
+    )
+    plan = plan_configs(report, REGISTRY, remove=False)
+    (written,) = plan.files
+    assert written.path == "/etc/containerd/config.toml"
+    assert written.mode == 0o600
+    assert plan.runtimes == ["containerd"]
+    assert plan.errors == [
+        "k3s: /etc/rancher/k3s/registries.yaml: " + plan.errors[0].split(": ", 2)[2]
+    ]
+    assert "not valid YAML" in plan.errors[0]
+
+
+def test_config_writes_restart_only_running_services() -> None:
+    report = parse_trust(
+        "runtime containerd\nconfig containerd - -\nversion containerd 1.6\n"
+    )
+    plan = plan_configs(report, REGISTRY, remove=False)
+    script = render_config_writes(plan, dry_run=False)
+    assert "systemctl is-active --quiet" in script
+    assert "for unit in containerd; do" in script
+    assert "systemctl" not in render_config_writes(plan, dry_run=True)
+
+
+def test_outcome_statuses() -> None:
+    changed = parse_trust("runtime docker\nchanged /etc/docker/certs.d/a:5000/ca.crt\n")
+    outcome = client_outcome("h", changed, ConfigPlan(), [], False, False)
     assert outcome.status == CHANGED
     assert "wrote /etc/docker/certs.d/a:5000/ca.crt" in outcome.details
+    assert client_outcome("h", changed, ConfigPlan(), [], False, True).status == (
+        WOULD_CHANGE
+    )
+    same = parse_trust("runtime docker\nunchanged /etc/docker/certs.d/a:5000/ca.crt\n")
+    assert client_outcome("h", same, ConfigPlan(), [], False, False).status == UNCHANGED
+
+
+def test_stray_folder_is_pointed_out() -> None:
+    report = parse_trust("runtime docker\nstray /etc/docker/certs.d/a\n")
+    outcome = client_outcome("h", report, ConfigPlan(), [], False, False)
     assert any("not read for this registry" in d for d in outcome.details)
-    assert trust_outcome("h", report, dry_run=True).status == WOULD_CHANGE
 
 
 def test_nothing_to_trust_is_a_failure_with_the_fix() -> None:
-    outcome = trust_outcome("h", parse_trust("runtime none\n"), dry_run=False)
+    outcome = client_outcome(
+        "h", parse_trust("runtime none\n"), ConfigPlan(), [], False, False
+    )
     assert outcome.status == FAILED
     assert "list runtimes for this client" in outcome.details[0]
 
 
-def test_unchanged_report() -> None:
-    report = parse_trust(
-        "runtime docker\nunchanged /etc/docker/certs.d/a:5000/ca.crt\n"
+def test_restart_needed_is_reported() -> None:
+    report = parse_trust("runtime containerd\n")
+    outcome = client_outcome(
+        "h", report, ConfigPlan(), ["restart-needed containerd"], False, False
     )
-    assert trust_outcome("h", report, dry_run=False).status == UNCHANGED
+    assert (
+        "containerd is not run by systemd here: restart it to apply" in outcome.details
+    )

@@ -6,6 +6,8 @@ registry address is a lab address, not loopback: Docker skips TLS checks on loop
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from cryptography import x509
 
@@ -27,7 +29,8 @@ def test_main_job_end_to_end(lab: Lab, workspace: Workspace) -> None:
         "-H", registry.address, "setup-registry", "--image-archive", str(archive)
     )
     assert setup.code == 0, setup.output
-    assert "container created" in setup.output
+    # Created, or recreated when an earlier test left a registry of another CA.
+    assert re.search(r"container (re)?created", setup.output)
     assert f"https://{authority}/v2/ serves our certificate over TLS" in setup.output
     ca_cert = x509.load_pem_x509_certificate(
         (workspace.folder / "pki/ca.crt").read_bytes()
@@ -84,3 +87,13 @@ def test_main_job_end_to_end(lab: Lab, workspace: Workspace) -> None:
     assert "recap: 2 hosts: 2 unchanged" in trust_again.output
     assert "wrote" not in trust_again.output
     assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+
+    # untrust-clients is the exact inverse: the client refuses the registry again.
+    untrust = workspace.fab("untrust-clients")
+    assert untrust.code == 0, untrust.output
+    assert f"removed /etc/docker/certs.d/{authority}/ca.crt" in untrust.output
+    assert not written.exists()
+    assert not written.parent.exists()
+    refused = run_on(lab, "client1", f"docker pull {image}")
+    assert "x509: certificate signed by unknown authority" in refused.stderr
+    assert "recap: 2 hosts: 2 unchanged" in workspace.fab("untrust-clients").output

@@ -1,0 +1,214 @@
+"""Trust on every kind of client, in the lab, with the real runtimes Debian ships.
+
+containerd (a real ``ctr`` pull that reads hosts.toml), podman and skopeo (through
+/etc/containers/certs.d), the OS trust store (curl without --cacert); k3s is not in
+Debian, so its registries.yaml is checked by parsing what we wrote. Each pull fails with
+x509 before trust-clients, succeeds after, and fails again after untrust-clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import Workspace, run_on
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+# containerd reads /etc/containerd/config.toml when it exists, defaults otherwise. Lab
+# hosts share the machine's process table: stop it by its own pid, never by name.
+CONTAINERD = (
+    "containerd >/tmp/containerd.log 2>&1 </dev/null & echo $! >/run/lab-containerd.pid"
+)
+STOP_CONTAINERD = "kill $(cat /run/lab-containerd.pid)"
+WAIT_FOR_CONTAINERD = (
+    "for i in $(seq 50); do timeout 2 ctr version >/dev/null 2>&1 && exit 0; "
+    "sleep 0.1; done; exit 1"
+)
+
+
+@pytest.fixture
+def registry(lab: Lab, workspace: Workspace) -> Iterator[str]:
+    """A registry with one image in it, pushed from client1; yields the image name."""
+    address = lab.host("registry").address
+    setup = workspace.fab(
+        "-H", address, "setup-registry",
+        "--image-archive", str(lab.registry_image_archive()),
+    )  # fmt: skip
+    assert setup.code == 0, setup.output
+    image = f"{address}:5000/lab/runtimes:1"
+    pusher = lab.host("client1").address
+    trusted = workspace.fab(
+        "-H", pusher, "trust-clients", "--registry", address, "--runtimes", "docker"
+    )
+    assert trusted.code == 0, trusted.output
+    lab.build_test_image("client1", image)
+    pushed = run_on(lab, "client1", f"docker push {image}")
+    assert pushed.returncode == 0, pushed.stderr
+    yield image
+    workspace.fab("-H", pusher, "untrust-clients", "--registry", address)
+
+
+def test_containerd_and_podman_trust_and_untrust(
+    lab: Lab, workspace: Workspace, registry: str
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2").address
+    ctr_pull = (
+        f"timeout 60 ctr images pull --hosts-dir /etc/containerd/certs.d {registry}"
+    )
+    podman_pull = (
+        f"podman rmi --force {registry} >/dev/null 2>&1; podman pull {registry}"
+    )
+    assert (
+        run_on(
+            lab, "client2", f"rm -f /etc/containerd/config.toml; {CONTAINERD}"
+        ).returncode
+        == 0
+    )
+    assert run_on(lab, "client2", WAIT_FOR_CONTAINERD).returncode == 0
+
+    for pull in (ctr_pull, podman_pull):
+        refused = run_on(lab, "client2", pull)
+        assert refused.returncode != 0
+        assert (
+            "certificate signed by unknown authority" in refused.stderr + refused.stdout
+        )
+
+    trust = workspace.fab("-H", client, "trust-clients", "--registry", address)
+    assert trust.code == 0, trust.output
+    assert "runtimes: docker, containerd, podman" in trust.output
+    assert f"wrote /etc/containerd/certs.d/{address}:5000/hosts.toml" in trust.output
+    assert "wrote /etc/containerd/config.toml" in trust.output
+    assert "containerd is not run by systemd here: restart it to apply" in trust.output
+
+    for pull in (ctr_pull, podman_pull):
+        pulled = run_on(lab, "client2", pull)
+        assert pulled.returncode == 0, pulled.stderr
+    # containerd's own parser puts config_path where the CRI plugin (the kubelet's
+    # way in) reads it.
+    dump = run_on(
+        lab, "client2", "containerd --config /etc/containerd/config.toml config dump"
+    )
+    assert 'config_path = "/etc/containerd/certs.d"' in dump.stdout
+
+    again = workspace.fab("-H", client, "trust-clients", "--registry", address)
+    assert "recap: 1 host: 1 unchanged" in again.output
+
+    untrust = workspace.fab("-H", client, "untrust-clients", "--registry", address)
+    assert untrust.code == 0, untrust.output
+    assert (
+        f"removed /etc/containerd/certs.d/{address}:5000/hosts.toml" in untrust.output
+    )
+    for pull in (ctr_pull, podman_pull):
+        refused = run_on(lab, "client2", pull)
+        assert refused.returncode != 0
+        assert (
+            "certificate signed by unknown authority" in refused.stderr + refused.stdout
+        )
+    assert not (
+        lab.host("client2").files / f"etc/containerd/certs.d/{address}:5000"
+    ).exists()
+    assert run_on(lab, "client2", STOP_CONTAINERD).returncode == 0
+
+
+def test_skopeo_reads_containers_certs_d(
+    lab: Lab, workspace: Workspace, registry: str
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2").address
+    trust = workspace.fab(
+        "-H", client, "trust-clients", "--registry", address, "--runtimes", "podman"
+    )
+    assert trust.code == 0, trust.output
+    assert "/etc/docker/certs.d" not in trust.output
+    inspected = run_on(lab, "client2", f"skopeo inspect docker://{registry}")
+    assert inspected.returncode == 0, inspected.stderr
+    workspace.fab("-H", client, "untrust-clients", "--registry", address)
+    refused = run_on(lab, "client2", f"skopeo inspect docker://{registry}")
+    assert "certificate signed by unknown authority" in refused.stderr
+
+
+def test_os_trust_store(lab: Lab, workspace: Workspace, registry: str) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2").address
+    curl = f"curl --silent --show-error --fail https://{address}:5000/v2/"
+    assert run_on(lab, "client2", curl).returncode != 0
+
+    trust = workspace.fab(
+        "-H", client, "trust-clients", "--registry", address, "--runtimes", "system"
+    )
+    assert trust.code == 0, trust.output
+    assert "rebuilt the OS trust store" in trust.output
+    assert "restart them" in trust.output  # C10: running daemons need a restart
+    assert run_on(lab, "client2", curl).returncode == 0
+
+    untrust = workspace.fab(
+        "-H", client, "untrust-clients", "--registry", address, "--runtimes", "system"
+    )
+    assert untrust.code == 0, untrust.output
+    assert run_on(lab, "client2", curl).returncode != 0
+
+
+def test_k3s_registries_yaml_merge(
+    lab: Lab, workspace: Workspace, registry: str
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2")
+    authority = f"{address}:5000"
+    original = (
+        "# team mirrors\nmirrors:\n  docker.io:\n    endpoint:\n"
+        '      - "https://mirror.example:5000"\n'
+    )
+    config = client.files / "etc/rancher/k3s/registries.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(original)
+
+    trust = workspace.fab(
+        "-H",
+        client.address,
+        "trust-clients",
+        "--registry",
+        address,
+        "--runtimes",
+        "k3s",
+    )
+    assert trust.code == 0, trust.output
+    assert "k3s is not run by systemd here: restart it to apply" in trust.output
+    text = config.read_text()
+    assert "# team mirrors" in text
+    document = YAML(typ="safe").load(text)
+    assert document["mirrors"]["docker.io"]["endpoint"] == [
+        "https://mirror.example:5000"
+    ]
+    assert document["mirrors"][authority]["endpoint"] == [f"https://{authority}"]
+    ca_path = document["configs"][authority]["tls"]["ca_file"]
+    assert (client.files / ca_path.lstrip("/")).read_bytes() == (
+        workspace.folder / "pki/ca.crt"
+    ).read_bytes()
+
+    again = workspace.fab(
+        "-H",
+        client.address,
+        "trust-clients",
+        "--registry",
+        address,
+        "--runtimes",
+        "k3s",
+    )
+    assert "1 unchanged" in again.output and "restart" not in again.output
+
+    workspace.fab(
+        "-H",
+        client.address,
+        "untrust-clients",
+        "--registry",
+        address,
+        "--runtimes",
+        "k3s",
+    )
+    assert YAML(typ="safe").load(config.read_text()) == YAML(typ="safe").load(original)
+    config.unlink()
