@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -57,6 +58,7 @@ def main() -> None:
 
     lab = Lab(PROJECT / ".lab")
     workspace = PROJECT / ".lab" / "workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
     say("bringing up the lab: hosts in network namespaces, each with sshd")
     lab.up(HOSTS)
     try:
@@ -121,7 +123,9 @@ def main() -> None:
             )
         else:
             lab.down()
-            print("\nlab removed")
+            # The demo's CA key has no use once its lab is gone.
+            shutil.rmtree(workspace, ignore_errors=True)
+            print("\nlab and its workspace (inventory, CA and keys) removed")
 
 
 if __name__ == "__main__":

@@ -37,4 +37,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   -r requirements-dev.txt
-echo "dependencies ready: $(.venv/bin/fab --version | head -1), $(dockerd --version)"
+echo "dependencies ready: $(.venv/bin/fab --version | sed -n 1p), $(dockerd --version)"

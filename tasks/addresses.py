@@ -23,6 +23,23 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+#: Address blocks reserved for documentation (RFC 5737, RFC 3849): never real hosts.
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(block)
+    for block in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+
+
+def refuse_example_address(host: str, where: str) -> None:
+    """Stop before connecting to an address copied from an example."""
+    ip = parse_ip(host)
+    if ip is not None and any(ip in network for network in DOCUMENTATION_NETWORKS):
+        raise InputError(
+            f"{where}: {host} is a documentation example address, not a real host; "
+            "put your own server's address there"
+        )
+
+
 def is_host_name(text: str) -> bool:
     """Tell whether ``text`` is a valid DNS host name (RFC 1123 labels)."""
     name = text[:-1] if text.endswith(".") else text

@@ -24,6 +24,7 @@ from . import pki
 from .addresses import (
     DEFAULT_REGISTRY_PORT,
     parse_ip,
+    refuse_example_address,
     registry_authority,
     split_authority,
 )
@@ -202,12 +203,14 @@ def _render_system(registry: Registry, ca_pem: bytes, remove: bool) -> str:
     return "\n".join(branches)
 
 
-def render_untrust(registry: Registry, ca_pem: bytes, runtimes: Sequence[str]) -> str:
+def render_untrust(
+    registry: Registry, ca_pem: bytes, runtimes: Sequence[str], dry_run: bool = False
+) -> str:
     """The inverse of ``render_trust``: remove what it wrote, if still unmodified.
 
     Config files are printed for the caller to edit, like ``render_trust`` does.
     """
-    lines = [script_header(False), "found=''"]
+    lines = [script_header(dry_run), "found=''"]
     # auto removes from every place trust-clients may have written to.
     for runtime in RUNTIMES if AUTO in runtimes else chosen_runtimes(runtimes):
         if runtime == "system":
@@ -426,6 +429,8 @@ def prepare_fleet_run(
             Client(target=client.target, runtimes=tuple(override)) for client in clients
         )
 
+    for client in clients:
+        refuse_example_address(client.target.host, f"client {client.target}")
     ca_pem = pki.cert_pem(StateFolder(Path(pki_dir)).read_ca_cert())
     fleet = Fleet.from_config(c.config)
     if workers is not None:
@@ -505,7 +510,7 @@ def _on_client(
     dry_run: bool,
 ) -> Outcome:
     if remove:
-        script = render_untrust(run.registry, run.ca_pem, client.runtimes)
+        script = render_untrust(run.registry, run.ca_pem, client.runtimes, dry_run)
     else:
         script = render_trust(run.registry, run.ca_pem, client.runtimes, dry_run)
     result = run_as_root(connection, script, what="untrust" if remove else "trust")
@@ -551,8 +556,12 @@ def client_outcome(
         )
     details = [f"runtimes: {', '.join(report.runtimes)}"] if report.runtimes else []
     if remove:
-        details += [f"removed {path}" for path in report.files.removed]
-        details += [f"edited {file.path}" for file in plan.files]
+        verb = "would remove" if dry_run else "removed"
+        details += [f"{verb} {path}" for path in report.files.removed]
+        details += [
+            f"{'would edit' if dry_run else 'edited'} {file.path}"
+            for file in plan.files
+        ]
         details += [
             f"kept {path} (changed since we wrote it)" for path in report.files.kept
         ]
@@ -580,9 +589,13 @@ def client_outcome(
     return Outcome(host, WOULD_CHANGE if dry_run else CHANGED, details)
 
 
-UNTRUST_HELP = {key: TRUST_HELP[key] for key in ("inventory", "registry", "pki_dir")}
-UNTRUST_HELP["runtimes"] = TRUST_HELP["runtimes"]
-UNTRUST_HELP["workers"] = TRUST_HELP["workers"]
+UNTRUST_HELP = {
+    **TRUST_HELP,
+    "runtimes": "Comma-separated runtimes to remove the CA from, from "
+    f"{', '.join((AUTO, *RUNTIMES))}; default: per client from the inventory; auto "
+    "means every place trust-clients may have written to.",
+    "dry_run": "Show per host what would be removed, and change nothing.",
+}
 
 
 @task(help=UNTRUST_HELP, auto_shortflags=False)
@@ -593,6 +606,7 @@ def untrust_clients(
     registry: str | None = None,
     runtimes: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
+    dry_run: bool = False,
     workers: int | None = None,
 ) -> None:
     """Remove from every client exactly what trust-clients installed there.
@@ -610,7 +624,12 @@ def untrust_clients(
     if run is None:
         return
 
+    mode = " (dry run: nothing is changed)" if dry_run else ""
+    log.info(
+        "untrusting %s on %d clients%s", run.registry.authority, len(run.clients), mode
+    )
+
     def work(client: Client) -> Outcome:
-        return on_client(run, client, remove=True, dry_run=False)
+        return on_client(run, client, remove=True, dry_run=dry_run)
 
     finish(fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress))

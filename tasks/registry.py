@@ -27,6 +27,7 @@ from .addresses import (
     check_address,
     check_port,
     parse_ip,
+    refuse_example_address,
     registry_authority,
 )
 from .errors import HostError, InputError
@@ -573,6 +574,8 @@ def setup_registry(
         container=container,
     )
     archive = image_archive_path(image_archive)
+    ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)
+    refuse_example_address(ssh_host, "-H" if connection_host else "registry host")
     fleet = Fleet.from_config(c.config)
     if is_connection(c):
         connection = c

@@ -8,6 +8,7 @@ from tasks.addresses import (
     SshTarget,
     check_address,
     parse_ssh_target,
+    refuse_example_address,
     registry_authority,
     split_authority,
 )
@@ -81,3 +82,18 @@ def test_parse_ssh_target(text: str, target: SshTarget) -> None:
 def test_ssh_target_prints_as_written() -> None:
     assert str(SshTarget("203.0.113.22", "deploy", 2222)) == "deploy@203.0.113.22:2222"
     assert str(SshTarget("2001:db8::1", "root", 22)) == "root@[2001:db8::1]:22"
+
+
+@pytest.mark.parametrize(
+    "host", ["203.0.113.10", "192.0.2.1", "198.51.100.7", "2001:db8::1"]
+)
+def test_example_addresses_are_refused_before_connecting(host: str) -> None:
+    with pytest.raises(InputError, match="documentation example address"):
+        refuse_example_address(host, "-H")
+
+
+@pytest.mark.parametrize(
+    "host", ["10.0.0.5", "8.8.8.8", "node1.example", "2001:db9::1"]
+)
+def test_real_addresses_pass(host: str) -> None:
+    refuse_example_address(host, "-H")
