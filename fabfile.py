@@ -5,13 +5,19 @@ This file only wires the task collection; each module of ``tasks/`` owns one con
 
 from invoke.collection import Collection
 
-from tasks import clients, registry
+from tasks import clients, operations, registry
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
 
 namespace = Collection(
     registry.setup_registry,
     clients.trust_clients,
     clients.untrust_clients,
+    operations.status,
+    operations.check_expiry,
+    operations.rotate_cert,
+    operations.logs,
+    operations.restart,
+    operations.teardown,
 )
 namespace.configure(
     {

@@ -441,13 +441,19 @@ def _answers_plain_http(address: str, port: int, timeout: float) -> bool:
 
 
 def wait_for_tls(
-    address: str, port: int, ca_pem: bytes, expected_fingerprint: str, seconds: float
+    address: str,
+    port: int,
+    ca_pem: bytes,
+    expected_fingerprint: str | None,
+    seconds: float,
 ) -> TlsCheck:
-    """Poll until the registry serves our current certificate, or time runs out."""
+    """Poll until the registry serves our current certificate (any certificate of
+    our CA when ``expected_fingerprint`` is None), or time runs out."""
     deadline = time.monotonic() + seconds
     while True:
         result = check_tls(address, port, ca_pem)
-        if result.ok and result.served_fingerprint != expected_fingerprint:
+        wrong = expected_fingerprint not in (None, result.served_fingerprint)
+        if result.ok and wrong:
             result = TlsCheck(
                 False,
                 result.status,
@@ -549,8 +555,6 @@ def setup_registry(
     Safe to re-run: unchanged settings change nothing; changed settings recreate the
     container and keep its data. Next: fab trust-clients.
     """
-    book = read_inventory(inventory, required=False)
-    settings = book.registry if book else RegistrySettings()
     if key_type not in pki.KEY_TYPES:
         raise InputError(
             f"--key-type {key_type}: use one of {', '.join(pki.KEY_TYPES)}"
@@ -558,11 +562,10 @@ def setup_registry(
     for option, days in (("--server-days", server_days), ("--ca-days", ca_days)):
         if int(days) < 1:
             raise InputError(f"{option} {days}: give a number of days of at least 1")
-    connection_host = c.host if is_connection(c) else None
-    spec = resolve_spec(
-        settings,
-        book,
-        ssh_host=connection_host or (settings.ssh.host if settings.ssh else None),
+    archive = image_archive_path(image_archive)
+    spec, connection = open_registry(
+        c,
+        inventory,
         address=check_address(address, "--address") if address else None,
         port=check_port(port, "--port") if port is not None else None,
         extra_addresses=[
@@ -573,26 +576,47 @@ def setup_registry(
         remote_dir=check_remote_dir(remote_dir, "--remote-dir") if remote_dir else None,
         container=container,
     )
-    archive = image_archive_path(image_archive)
-    ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)
-    refuse_example_address(ssh_host, "-H" if connection_host else "registry host")
-    fleet = Fleet.from_config(c.config)
-    if is_connection(c):
-        connection = c
-        fleet.known_hosts.prepare(connection)
-    else:
-        connection = fleet.connect(settings.ssh or spec.address)
 
-    state = StateFolder(Path(pki_dir))
+    outcome = certify_and_deploy(
+        spec,
+        connection,
+        StateFolder(Path(pki_dir)),
+        key_type=key_type,
+        server_days=int(server_days),
+        ca_days=int(ca_days),
+        constrain=not no_name_constraints,
+        archive=archive,
+    )
+    finish(
+        [outcome],
+        f"fab trust-clients (clients from the inventory), or fab -H CLIENT1,CLIENT2 "
+        f"trust-clients --registry {spec.authority}",
+    )
+
+
+def certify_and_deploy(
+    spec: RegistrySpec,
+    connection: Connection,
+    state: StateFolder,
+    *,
+    key_type: str = pki.DEFAULT_KEY_TYPE,
+    server_days: int = pki.DEFAULT_SERVER_DAYS,
+    ca_days: int = pki.DEFAULT_CA_DAYS,
+    constrain: bool = True,
+    archive: Path | None = None,
+    new_server_cert: bool = False,
+) -> Outcome:
+    """Make or reuse the CA and server certificate, deploy, verify, and report."""
     with state.locked():
         ca = state.ensure_ca(
-            spec.addresses,
-            key_type=key_type,
-            days=int(ca_days),
-            constrain=not no_name_constraints,
+            spec.addresses, key_type=key_type, days=ca_days, constrain=constrain
         )
         server = state.ensure_server_cert(
-            ca, spec.addresses, key_type=key_type, days=int(server_days)
+            ca,
+            spec.addresses,
+            key_type=key_type,
+            days=server_days,
+            force=new_server_cert,
         )
         outcome = deploy_registry(connection, spec, ca, server, archive)
 
@@ -611,11 +635,34 @@ def setup_registry(
             "firewall",
             ", ".join(exposed),
         )
-    finish(
-        [outcome],
-        f"fab trust-clients (clients from the inventory), or fab -H CLIENT1,CLIENT2 "
-        f"trust-clients --registry {spec.authority}",
+    return outcome
+
+
+def open_registry(
+    c: Context, inventory: str | None, **options: Any
+) -> tuple[RegistrySpec, Connection]:
+    """Resolve the registry's settings and a connection to its host.
+
+    The host is Fabric's -H host, else registry.ssh or registry.address from the
+    inventory; ``options`` are the task's own overrides, checked against the inventory.
+    Nothing is contacted here: a bad setting stops the task before any connection.
+    """
+    book = read_inventory(inventory, required=False)
+    settings = book.registry if book else RegistrySettings()
+    connection_host = c.host if is_connection(c) else None
+    spec = resolve_spec(
+        settings,
+        book,
+        ssh_host=connection_host or (settings.ssh.host if settings.ssh else None),
+        **options,
     )
+    ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)
+    refuse_example_address(ssh_host, "-H" if connection_host else "registry host")
+    fleet = Fleet.from_config(c.config)
+    if isinstance(c, Connection):
+        fleet.known_hosts.prepare(c)
+        return spec, c
+    return spec, fleet.connect(settings.ssh or spec.address)
 
 
 def deploy_registry(

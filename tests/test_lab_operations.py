@@ -1,0 +1,98 @@
+"""Day-two tasks against the real registry in the lab."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography import x509
+
+from tasks import pki
+from tests.conftest import Workspace, run_on
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+def served_fingerprint(lab: Lab, address: str) -> str:
+    result = run_on(
+        lab,
+        "client1",
+        f"echo | openssl s_client -connect {address}:5000 2>/dev/null "
+        "| openssl x509 -noout -fingerprint -sha256",
+    )
+    return result.stdout.strip().split("=", 1)[1]
+
+
+def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client1").address
+    image = f"{address}:5000/lab/ops:1"
+    workspace.write_inventory(
+        {"registry": {"address": address}, "clients": [client], "runtimes": ["docker"]}
+    )
+    setup = workspace.fab(
+        "setup-registry", "--image-archive", str(lab.registry_image_archive())
+    )
+    assert setup.code == 0, setup.output
+    assert workspace.fab("trust-clients").code == 0
+    lab.build_test_image("client1", image)
+    assert run_on(lab, "client1", f"docker push {image}").returncode == 0
+
+    # status: readable, and the same facts as JSON.
+    status = workspace.fab("status")
+    assert status.code == 0, status.output
+    assert "registry (running)" in status.output
+    assert "TLS           ok (HTTP 200 on /v2/)" in status.output
+    ca = x509.load_pem_x509_certificate((workspace.folder / "pki/ca.crt").read_bytes())
+    assert pki.fingerprint(ca) in status.output
+    facts = json.loads(workspace.fab("status", "--json").output)
+    assert facts["state"] == "running" and facts["managed"] is True
+    assert facts["repositories"] == 1
+    assert facts["certificate_addresses"] == [address]
+    assert 390 < facts["certificate_days_left"] <= 397
+    assert facts["version"]
+
+    # check-expiry: fine at 30 days, failing (exit 1) when asked for more than 397.
+    expiry = workspace.fab("check-expiry")
+    assert expiry.code == 0, expiry.output
+    assert f"served by {address}:5000: ok" in expiry.output
+    soon = workspace.fab("check-expiry", "--days", "400")
+    assert soon.code == 1
+    assert "EXPIRES SOON" in soon.output and "rotate-cert" in soon.output
+
+    # rotate-cert: a new certificate is served; the client keeps pulling untouched.
+    before = served_fingerprint(lab, address)
+    rotated = workspace.fab("rotate-cert")
+    assert rotated.code == 0, rotated.output
+    assert "issued a new server certificate (asked to)" in rotated.output
+    after = served_fingerprint(lab, address)
+    assert after != before
+    assert (
+        run_on(lab, "client1", f"docker rmi {image} && docker pull {image}").returncode
+        == 0
+    )
+
+    restarted = workspace.fab("restart")
+    assert restarted.code == 0, restarted.output
+    assert "serves TLS again" in restarted.output
+    assert "lab/ops" in workspace.fab("logs", "--lines", "500").output
+
+    # teardown keeps the data; setup-registry brings the same images back.
+    down = workspace.fab("teardown")
+    assert down.code == 0, down.output
+    assert "removed container" in down.output and "kept the data" in down.output
+    assert "recap: 1 host: 1 unchanged" in workspace.fab("teardown").output
+    assert run_on(lab, "client1", f"docker pull {image}").returncode != 0
+    assert workspace.fab("setup-registry").code == 0
+    assert (
+        run_on(lab, "client1", f"docker rmi {image} && docker pull {image}").returncode
+        == 0
+    )
+
+    # With --purge-data the images go as well.
+    assert workspace.fab("teardown", "--purge-data").code == 0
+    assert workspace.fab("setup-registry").code == 0
+    gone = run_on(lab, "client1", f"docker rmi {image} && docker pull {image}")
+    assert gone.returncode != 0
+    assert workspace.fab("untrust-clients").code == 0
