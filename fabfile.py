@@ -5,7 +5,7 @@ This file only wires the task collection; each module of ``tasks/`` owns one con
 
 from invoke.collection import Collection
 
-from tasks import clients, operations, registry
+from tasks import clients, operations, registry, users
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
 
 namespace = Collection(
@@ -18,6 +18,8 @@ namespace = Collection(
     operations.logs,
     operations.restart,
     operations.teardown,
+    users.add_user,
+    users.remove_user,
 )
 namespace.configure(
     {

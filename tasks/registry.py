@@ -109,6 +109,15 @@ class RegistrySpec:
     def ca_path(self) -> str:
         return f"{self.certs_dir}/ca.crt"
 
+    @property
+    def auth_dir(self) -> str:
+        return f"{self.remote_dir}/auth"
+
+    @property
+    def htpasswd_path(self) -> str:
+        """The users file; while it exists, the registry asks for a login."""
+        return f"{self.auth_dir}/htpasswd"
+
 
 def merge_setting(
     name: str,
@@ -197,7 +206,7 @@ echo "@@listeners"
 ss -Hltnp 'sport = :{spec.port}' 2>/dev/null || echo unknown
 echo "@@files"
 sha256sum {shlex.quote(spec.cert_path)} {shlex.quote(spec.key_path)} \
-  {shlex.quote(spec.ca_path)} 2>/dev/null
+  {shlex.quote(spec.ca_path)} {shlex.quote(spec.htpasswd_path)} 2>/dev/null
 echo "@@end"
 """
 
@@ -262,8 +271,18 @@ def parse_probe(output: str) -> Probe:
 # Plan ---------------------------------------------------------------------------------
 
 
-def run_arguments(spec: RegistrySpec, spec_hash: str) -> list[str]:
-    """The exact ``docker run`` command for the registry container."""
+def run_arguments(spec: RegistrySpec, spec_hash: str, auth: bool = False) -> list[str]:
+    """The exact ``docker run`` command for the registry container.
+
+    With ``auth``, the registry asks for a login checked against the htpasswd file
+    (bcrypt hashes only: the registry rejects every other scheme).
+    """
+    login = [
+        "--volume", f"{spec.auth_dir}:/auth:ro",
+        "--env", "REGISTRY_AUTH=htpasswd",
+        "--env", f"REGISTRY_AUTH_HTPASSWD_REALM=Registry {spec.authority}",
+        "--env", "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+    ] if auth else []  # fmt: skip
     return [
         "docker", "run", "--detach",
         "--name", spec.container,
@@ -274,17 +293,21 @@ def run_arguments(spec: RegistrySpec, spec_hash: str) -> list[str]:
         "--env", f"REGISTRY_HTTP_ADDR=0.0.0.0:{CONTAINER_PORT}",
         "--env", f"REGISTRY_HTTP_TLS_CERTIFICATE={CONTAINER_CERTS}/registry.crt",
         "--env", f"REGISTRY_HTTP_TLS_KEY={CONTAINER_CERTS}/registry.key",
+        *login,
         "--label", f"{MANAGED_LABEL}=true",
         "--label", f"{SPEC_LABEL}={spec_hash}",
         spec.image,
     ]  # fmt: skip
 
 
-def spec_hash(spec: RegistrySpec, image_id: str, file_digests: Sequence[str]) -> str:
-    """A digest of everything the running container must match; the files' digests
-    are part of it, so a new certificate recreates the container and gets served."""
+def spec_hash(
+    spec: RegistrySpec, image_id: str, file_digests: Sequence[str], auth: bool = False
+) -> str:
+    """A digest of everything the running container must match. The files' digests
+    are part of it, so a new certificate or users file recreates the container, which
+    then serves and reads them (the registry reads both only when it starts)."""
     material = json.dumps(
-        [run_arguments(spec, ""), image_id, sorted(file_digests)], sort_keys=True
+        [run_arguments(spec, "", auth), image_id, sorted(file_digests)], sort_keys=True
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
@@ -474,7 +497,7 @@ def render_remote_tls_check(spec: RegistrySpec) -> str:
     )
 
 
-def public_without_auth(spec: RegistrySpec) -> list[str]:
+def public_addresses(spec: RegistrySpec) -> list[str]:
     """Registry addresses that are public internet addresses."""
     found = []
     for address in spec.addresses:
@@ -605,8 +628,12 @@ def certify_and_deploy(
     constrain: bool = True,
     archive: Path | None = None,
     new_server_cert: bool = False,
+    notes: Sequence[str] = (),
 ) -> Outcome:
-    """Make or reuse the CA and server certificate, deploy, verify, and report."""
+    """Make or reuse the CA and server certificate, deploy, verify, and report.
+
+    ``notes`` are changes the caller made on the host before, reported first.
+    """
     with state.locked():
         ca = state.ensure_ca(
             spec.addresses, key_type=key_type, days=ca_days, constrain=constrain
@@ -618,16 +645,16 @@ def certify_and_deploy(
             days=server_days,
             force=new_server_cert,
         )
-        outcome = deploy_registry(connection, spec, ca, server, archive)
+        outcome, auth = deploy_registry(connection, spec, ca, server, archive)
 
-    for change in (server.change, ca.change):
+    for change in (*reversed(notes), server.change, ca.change):
         if change:
             outcome.details.insert(0, change)
             outcome.status = CHANGED
     log_outcome(outcome)
     log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
     warn_expiry(ca.cert, "CA", state.ca_cert_path)
-    exposed = public_without_auth(spec)
+    exposed = [] if auth else public_addresses(spec)
     if exposed:
         log.warning(
             "warning: the registry listens on public address %s without "
@@ -671,8 +698,11 @@ def deploy_registry(
     ca: pki.Issued,
     server: pki.Issued,
     archive: Path | None,
-) -> Outcome:
-    """Bring the registry host to the wanted state and prove it serves TLS."""
+) -> tuple[Outcome, bool]:
+    """Bring the registry host to the wanted state and prove it serves TLS.
+
+    Returns the outcome and whether the registry asks for a login.
+    """
     host = host_label(connection)
     probe = parse_probe(
         run_as_root(connection, render_probe(spec), what="registry probe").stdout
@@ -690,14 +720,19 @@ def deploy_registry(
         RemoteFile(spec.key_path, pki.key_pem(server.key), 0o600),
         RemoteFile(spec.ca_path, pki.cert_pem(ca.cert), 0o644),
     ]
-    wanted = spec_hash(spec, image_id, [item.digest for item in files])
+    digests = [item.digest for item in files]
+    users_digest = probe.file_digests.get(spec.htpasswd_path)
+    auth = users_digest is not None
+    if users_digest is not None:
+        digests.append(users_digest)
+    wanted = spec_hash(spec, image_id, digests, auth)
     plan = plan_container(spec, probe, wanted, host)
     check_port_free(spec, probe, host)
     script = render_apply(
         spec,
         script_header(False) + render_put_files(files),
         plan,
-        run_arguments(spec, wanted),
+        run_arguments(spec, wanted, auth),
         pull=False,
     )
     result = run_as_root(connection, script, what="registry apply")
@@ -710,7 +745,9 @@ def deploy_registry(
     verify_registry(connection, spec, ca, server)
     details_status = CHANGED if details else UNCHANGED
     details.append(f"https://{spec.authority}/v2/ serves our certificate over TLS")
-    return Outcome(host, details_status, details)
+    if auth:
+        details.append(f"login required (users in {spec.htpasswd_path})")
+    return Outcome(host, details_status, details), auth
 
 
 def apply_failure(code: int) -> str:

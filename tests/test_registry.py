@@ -19,7 +19,7 @@ from tasks.registry import (
     check_port_free,
     parse_probe,
     plan_container,
-    public_without_auth,
+    public_addresses,
     render_apply,
     resolve_spec,
     run_arguments,
@@ -199,5 +199,5 @@ def test_apply_script_recreates_then_runs() -> None:
 
 def test_public_addresses_are_flagged() -> None:
     public = RegistrySpec(**{**SPEC.__dict__, "address": "8.8.8.8"})
-    assert public_without_auth(public) == ["8.8.8.8"]
-    assert public_without_auth(SPEC) == []  # documentation and private ranges
+    assert public_addresses(public) == ["8.8.8.8"]
+    assert public_addresses(SPEC) == []  # documentation and private ranges

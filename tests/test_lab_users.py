@@ -1,0 +1,69 @@
+"""Registry users in the lab: no login, no push; docker login, then push."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Workspace, run_on
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
+    address = lab.host("registry").address
+    authority = f"{address}:5000"
+    image = f"{authority}/lab/private:1"
+    workspace.write_inventory(
+        {"registry": {"address": address}, "clients": [lab.host("client1").address],
+         "runtimes": ["docker"]}
+    )  # fmt: skip
+    assert (
+        workspace.fab(
+            "setup-registry", "--image-archive", str(lab.registry_image_archive())
+        ).code
+        == 0
+    )
+    assert workspace.fab("trust-clients").code == 0
+    lab.build_test_image("client1", image)
+    secret = workspace.folder / "alice.password"
+    secret.write_text("s3cret-enough\n")
+
+    added = workspace.fab("add-user", "--name", "alice", "--password-file", str(secret))
+    assert added.code == 0, added.output
+    assert "added user alice" in added.output
+    assert "login required" in added.output
+    assert "s3cret-enough" not in added.output
+    users = lab.host("registry").files / "opt/registry/auth/htpasswd"
+    line = users.read_text()
+    assert line.startswith("alice:$2y$")
+    assert oct(users.stat().st_mode & 0o777) == "0o600"
+
+    denied = run_on(lab, "client1", f"docker push {image}")
+    assert denied.returncode != 0
+    assert "no basic auth credentials" in denied.stderr
+    login = run_on(
+        lab, "client1",
+        f"docker login --username alice --password-stdin {authority} <<'EOF'\n"
+        "s3cret-enough\nEOF",
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    pushed = run_on(lab, "client1", f"docker push {image}")
+    assert pushed.returncode == 0, pushed.stderr
+
+    again = workspace.fab("add-user", "--name", "alice", "--password-file", str(secret))
+    assert "recap: 1 host: 1 unchanged" in again.output
+    setup_again = workspace.fab("setup-registry")
+    assert "unchanged" in setup_again.output and "login required" in setup_again.output
+
+    removed = workspace.fab("remove-user", "--name", "alice")
+    assert removed.code == 0, removed.output
+    assert "no users left" in removed.output
+    refused = run_on(lab, "client1", f"docker pull {image}")
+    assert refused.returncode != 0
+
+    # Leave the lab's registry as the other tests expect it: open, data kept.
+    users.unlink()
+    assert workspace.fab("setup-registry").code == 0
+    assert workspace.fab("untrust-clients").code == 0
+    run_on(lab, "client1", f"docker logout {authority}")
