@@ -5,7 +5,7 @@ This file only wires the task collection; each module of ``tasks/`` owns one con
 
 from invoke.collection import Collection
 
-from tasks import clients, operations, registry, users
+from tasks import clients, operations, registry, storage, users
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
 
 namespace = Collection(
@@ -20,6 +20,9 @@ namespace = Collection(
     operations.teardown,
     users.add_user,
     users.remove_user,
+    storage.garbage_collect,
+    storage.backup,
+    storage.restore,
 )
 namespace.configure(
     {

@@ -40,6 +40,7 @@ from .report import (
     finish,
     log,
     log_outcome,
+    size_text,
     user_errors,
 )
 
@@ -182,7 +183,7 @@ def _uptime(started: str, now: dt.datetime) -> str:
 def format_status(status: Status) -> str:
     """The status as aligned ``key: value`` lines for people."""
     size = (
-        f"{status.data_bytes / 1e6:.1f} MB in {status.data}"
+        f"{size_text(status.data_bytes)} in {status.data}"
         if status.data_bytes is not None
         else "unknown"
     )

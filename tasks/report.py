@@ -66,6 +66,14 @@ def user_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def size_text(count: int) -> str:
+    """A byte count for people: ``512 B``, ``12.3 kB``, ``4.5 MB``, ``1.2 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
 def log_outcome(
     outcome: Outcome, done: int | None = None, total: int | None = None
 ) -> None:

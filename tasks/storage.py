@@ -1,0 +1,327 @@
+"""The registry's data: garbage collection, backup to this machine, restore from it.
+
+The registry must not serve writes while its blobs are collected or copied, so each of
+these stops the container for the duration of the work on the host (not of the
+transfer) and starts it again whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import shlex
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from fabric import Connection, task
+from invoke.context import Context
+
+from . import pki
+from .errors import HostError, InputError
+from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
+from .pki import StateFolder
+from .registry import MANAGED_LABEL, RegistrySpec, open_registry, wait_for_tls
+from .remote import failure_line, host_label, run_as_root
+from .report import (
+    CHANGED,
+    UNCHANGED,
+    Outcome,
+    finish,
+    log,
+    log_outcome,
+    size_text,
+    user_errors,
+)
+
+
+def data_root(spec: RegistrySpec) -> str:
+    """Shell that sets ``$root`` to the registry's data folder on the host."""
+    if spec.data.startswith("/"):
+        return f"root={shlex.quote(spec.data)}"
+    return (
+        "root=$(docker volume inspect --format '{{.Mountpoint}}' "
+        f"{shlex.quote(spec.data)} 2>/dev/null)"
+    )
+
+
+def while_stopped(spec: RegistrySpec, work: str, stop: bool = True) -> str:
+    """Run ``work`` with the registry container stopped, and start it again after.
+
+    The container must be ours: a foreign one with the same name is left alone. With
+    ``stop`` false it only checks that, for work that merely reads.
+    """
+    name = shlex.quote(spec.container)
+    if not stop:
+        return f"""
+label=$(docker container inspect --format \\
+  '{{{{index .Config.Labels "{MANAGED_LABEL}"}}}}' {name} 2>/dev/null)
+[ "$label" = true ] || {{ echo "no registry container made by this tool" >&2; exit 3; }}
+{work}
+"""
+    return f"""
+label=$(docker container inspect --format \\
+  '{{{{index .Config.Labels "{MANAGED_LABEL}"}}}}' {name} 2>/dev/null)
+[ "$label" = true ] || {{ echo "no registry container made by this tool" >&2; exit 3; }}
+running=$(docker container inspect --format '{{{{.State.Running}}}}' {name})
+[ "$running" = true ] && docker stop {name} >/dev/null
+(
+{work}
+)
+rc=$?
+[ "$running" = true ] && docker start {name} >/dev/null
+exit $rc
+"""
+
+
+def render_garbage_collect(spec: RegistrySpec, dry_run: bool, untagged: bool) -> str:
+    options = " ".join(
+        option
+        for option, wanted in (("--dry-run", dry_run), ("--delete-untagged", untagged))
+        if wanted
+    )
+    work = f"""
+{data_root(spec)}
+before=$(du -sb "$root" | cut -f1)
+docker run --rm --volume {shlex.quote(spec.data)}:/var/lib/registry \\
+  {shlex.quote(spec.image)} garbage-collect {options} \\
+  /etc/docker/registry/config.yml >/tmp/registry-gc.$$ 2>&1
+rc=$?
+log=/tmp/registry-gc.$$
+tail -n 1 $log | sed 's/^/summary /'
+[ $rc -eq 0 ] || {{ tail -n 5 $log >&2; rm -f $log; exit $rc; }}
+rm -f $log
+echo "freed $((before - $(du -sb "$root" | cut -f1)))"
+"""
+    return while_stopped(spec, work, stop=not dry_run)
+
+
+GC_HELP = {
+    "inventory": HELP_INVENTORY,
+    "dry_run": "Only show what would be deleted; the registry keeps running.",
+    "delete_untagged": "Also delete manifests that no tag points to.",
+}
+
+
+@task(help=GC_HELP, auto_shortflags=False)
+@user_errors
+def garbage_collect(
+    c: Context,
+    inventory: str | None = None,
+    dry_run: bool = False,
+    delete_untagged: bool = False,
+) -> None:
+    """Delete blobs no manifest uses, with the registry stopped meanwhile.
+
+    Runs the registry's own garbage-collect in a one-off container of the same image
+    on the same data. The registry is stopped during the collection so no push can
+    race it, and started again afterwards, also after a failure. --dry-run lists what
+    would go and keeps the registry running.
+    """
+    spec, connection = open_registry(c, inventory)
+    host = host_label(connection)
+    script = render_garbage_collect(spec, dry_run, delete_untagged)
+    result = run_as_root(connection, script, what="garbage-collect")
+    if not result.ok:
+        raise HostError(host, f"garbage collection failed: {failure_line(result)}")
+    summary = ""
+    freed = 0
+    for line in result.stdout.splitlines():
+        if line.startswith("summary "):
+            summary = line[len("summary ") :]
+        elif line.startswith("freed "):
+            freed = int(line.split()[1])
+    details = [summary] if summary else []
+    if not dry_run:
+        details.append(f"freed {size_text(freed)}")
+    status = CHANGED if freed > 0 else UNCHANGED
+    outcome = Outcome(host, status, details)
+    log_outcome(outcome)
+    finish([outcome])
+
+
+# Backup and restore -----------------------------------------------------------------
+
+
+def render_backup(spec: RegistrySpec, archive: str) -> str:
+    """Pack the data and the users file into ``archive`` on the host."""
+    work = f"""
+{data_root(spec)}
+[ -d "$root" ] || {{ echo "no registry data at $root" >&2; exit 4; }}
+set -- -C "$root" --exclude='./.before-restore-*' --exclude='./.restore-*' \\
+  --transform 's,^\\./,data/,' .
+if [ -d {shlex.quote(spec.auth_dir)} ]; then
+  set -- "$@" -C {shlex.quote(spec.remote_dir)} auth
+fi
+tar --create --gzip --file {shlex.quote(archive)} "$@" || exit 1
+"""
+    return while_stopped(spec, work)
+
+
+def render_restore(spec: RegistrySpec, archive: str, stamp: str) -> str:
+    """Unpack ``archive``; the data it replaces is moved aside, never deleted."""
+    aside = f".before-restore-{stamp}"
+    work = f"""
+{data_root(spec)}
+[ -n "$root" ] || {{ echo "no registry data volume {spec.data}" >&2; exit 4; }}
+mkdir -p "$root" || exit 1
+staging=$(mktemp -d "$root/.restore-XXXXXX") || exit 1
+tar --extract --gzip --file {shlex.quote(archive)} -C "$staging" \\
+  || {{ rm -rf "$staging"; exit 5; }}
+if [ ! -d "$staging/data" ]; then
+  rm -rf "$staging"; echo "not a backup of ours" >&2; exit 5
+fi
+if [ -e "$root/docker" ]; then
+  mkdir -p "$root/{aside}" && mv "$root/docker" "$root/{aside}/" || exit 1
+  echo "kept $root/{aside}"
+fi
+if [ -d "$staging/data/docker" ]; then
+  mv "$staging/data/docker" "$root/docker" || exit 1
+fi
+if [ -d "$staging/auth" ]; then
+  mkdir -p {shlex.quote(spec.auth_dir)}
+  for f in "$staging"/auth/*; do
+    [ -f "$f" ] && mv -f "$f" {shlex.quote(spec.auth_dir)}/ && echo "restored users"
+  done
+fi
+rm -rf "$staging"
+echo restored
+"""
+    return while_stopped(spec, work)
+
+
+def progress_printer(host: str, what: str) -> Callable[[int, int], None]:
+    """A Paramiko transfer callback that logs every tenth of the way."""
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        tenth = done * 10 // total if total else 10
+        if tenth != shown[0]:
+            shown[0] = tenth
+            log.info("%s: %s %d%% (%s of %s)", host, what, tenth * 10,
+                     size_text(done), size_text(total))  # fmt: skip
+
+    return show
+
+
+def _remote_temp(connection: Connection) -> str:
+    made = connection.run("mktemp", hide=True, in_stream=False, warn=True)
+    if not made.ok:
+        raise HostError(
+            host_label(connection),
+            f"cannot make a temporary file: {failure_line(made)}",
+        )
+    return str(made.stdout).strip()
+
+
+def default_backup_name(spec: RegistrySpec, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    safe = re.sub(r"[^A-Za-z0-9.-]", "_", spec.authority)
+    return f"registry-backup-{safe}-{now:%Y%m%d-%H%M%S}.tar.gz"
+
+
+BACKUP_HELP = {
+    "inventory": HELP_INVENTORY,
+    "output": "File to write here; default: registry-backup-ADDRESS_PORT-TIME.tar.gz.",
+}
+
+
+@task(help=BACKUP_HELP, auto_shortflags=False)
+@user_errors
+def backup(c: Context, inventory: str | None = None, output: str | None = None) -> None:
+    """Copy the registry's data and users file to this machine, as one .tar.gz.
+
+    The registry is stopped while the archive is made on the host, then started
+    again; the download runs with the registry up, with progress lines. The local
+    file is 0600 (it holds password hashes) and appears only once complete.
+    """
+    spec, connection = open_registry(c, inventory)
+    host = host_label(connection)
+    target = Path(output or default_backup_name(spec))
+    if target.exists():
+        raise InputError(f"--output {target}: already exists; pick another name")
+    if not target.parent.is_dir():
+        raise InputError(f"--output {target}: no such folder {target.parent}")
+    remote = _remote_temp(connection)
+    try:
+        result = run_as_root(connection, render_backup(spec, remote), what="backup")
+        if not result.ok:
+            raise HostError(host, f"backup failed: {failure_line(result)}")
+        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(handle)
+        os.chmod(partial, 0o600)
+        try:
+            connection.sftp().get(
+                remote, partial, callback=progress_printer(host, "download")
+            )
+            os.replace(partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+    finally:
+        run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")
+    size = target.stat().st_size
+    outcome = Outcome(host, CHANGED, [f"wrote {target} ({size_text(size)})"])
+    log_outcome(outcome)
+    finish([outcome], f"restore with: fab restore --archive {target}")
+
+
+RESTORE_HELP = {
+    "archive": "A .tar.gz made by backup.",
+    "inventory": HELP_INVENTORY,
+    "pki_dir": HELP_PKI_DIR,
+}
+
+
+@task(help=RESTORE_HELP, auto_shortflags=False)
+@user_errors
+def restore(
+    c: Context,
+    archive: str,
+    inventory: str | None = None,
+    pki_dir: str = DEFAULT_PKI_DIR,
+) -> None:
+    """Put a backup's data and users back into the registry, then check it serves.
+
+    The registry is stopped while the archive is unpacked and started again. The data
+    it had is not deleted: it is moved to .before-restore-TIME inside the data folder
+    (delete that when satisfied). Run setup-registry first on a new host.
+    """
+    source = Path(archive)
+    if not source.is_file():
+        raise InputError(f"--archive {archive}: no such file")
+    spec, connection = open_registry(c, inventory)
+    host = host_label(connection)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    remote = _remote_temp(connection)
+    try:
+        connection.sftp().put(
+            str(source), remote, callback=progress_printer(host, "upload")
+        )
+        result = run_as_root(
+            connection, render_restore(spec, remote, stamp), what="restore"
+        )
+    finally:
+        run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")
+    if not result.ok:
+        reason = {3: "", 5: f"{archive} is not a backup made by this tool: "}
+        raise HostError(
+            host,
+            f"restore failed: {reason.get(result.exited, '')}{failure_line(result)}",
+        )
+    details = [f"restored {source.name}"]
+    details += [line for line in result.stdout.splitlines() if line.startswith("kept")]
+    state = StateFolder(Path(pki_dir))
+    if state.ca_cert_path.exists():
+        ca_pem = pki.cert_pem(state.read_ca_cert())
+        check = wait_for_tls(spec.address, spec.port, ca_pem, None, 30)
+        if not check.ok:
+            raise HostError(
+                host, f"after the restore, the TLS check failed: {check.problem}"
+            )
+        details.append(f"https://{spec.authority}/v2/ serves TLS")
+    outcome = Outcome(host, CHANGED, details)
+    log_outcome(outcome)
+    finish([outcome])

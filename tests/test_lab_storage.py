@@ -1,0 +1,73 @@
+"""Garbage collection, backup and restore against the real registry in the lab."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from tests.conftest import Workspace, run_on
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+def test_garbage_collect_backup_and_restore(lab: Lab, workspace: Workspace) -> None:
+    address = lab.host("registry").address
+    image = f"{address}:5000/lab/kept:1"
+    workspace.write_inventory(
+        {"registry": {"address": address}, "clients": [lab.host("client1").address],
+         "runtimes": ["docker"]}
+    )  # fmt: skip
+    assert (
+        workspace.fab(
+            "setup-registry", "--image-archive", str(lab.registry_image_archive())
+        ).code
+        == 0
+    )
+    assert workspace.fab("trust-clients").code == 0
+
+    # The same tag pushed twice leaves the first image's blobs without a tag.
+    for _ in range(2):
+        lab.build_test_image("client1", image)
+        assert run_on(lab, "client1", f"docker push {image}").returncode == 0
+
+    preview = workspace.fab("garbage-collect", "--dry-run", "--delete-untagged")
+    assert preview.code == 0, preview.output
+    assert "eligible for deletion" in preview.output
+    collected = workspace.fab("garbage-collect", "--delete-untagged")
+    assert collected.code == 0, collected.output
+    assert "freed 0 B" not in collected.output
+    pulled = run_on(lab, "client1", f"docker rmi {image} && docker pull {image}")
+    assert pulled.returncode == 0, pulled.stderr
+
+    # backup, lose everything, restore: the same image comes back.
+    saved = workspace.fab("backup", "--output", "backup.tar.gz")
+    assert saved.code == 0, saved.output
+    assert "download 100%" in saved.output
+    archive = workspace.folder / "backup.tar.gz"
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert workspace.fab("teardown", "--purge-data").code == 0
+    assert workspace.fab("setup-registry").code == 0
+    assert (
+        run_on(lab, "client1", f"docker rmi {image} && docker pull {image}").returncode
+        != 0
+    )
+
+    restored = workspace.fab("restore", "--archive", "backup.tar.gz")
+    assert restored.code == 0, restored.output
+    assert "serves TLS" in restored.output
+    pulled = run_on(lab, "client1", f"docker pull {image}")
+    assert pulled.returncode == 0, pulled.stderr
+
+    # A second restore keeps what it replaces instead of deleting it.
+    again = workspace.fab("restore", "--archive", "backup.tar.gz")
+    assert "kept " in again.output and ".before-restore-" in again.output
+
+    bogus = workspace.folder / "bogus.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    refused = workspace.fab("restore", "--archive", "bogus.tar.gz")
+    assert refused.code == 1
+    assert "restore failed" in refused.output
+    assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+    assert workspace.fab("untrust-clients").code == 0
