@@ -1,0 +1,242 @@
+"""Faults on real hosts: each reported for its host with the fix, the others done,
+nothing half-written, and a re-run after the repair converges with nothing lost."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Workspace, run_on
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def fleet(lab: Lab, workspace: Workspace) -> Iterator[Workspace]:
+    """A registry, and an inventory of both clients trusting it through docker."""
+    address = lab.host("registry").address
+    workspace.write_inventory(
+        {
+            "registry": {"address": address},
+            "clients": [lab.host("client1").address, lab.host("client2").address],
+            "runtimes": ["docker"],
+        }
+    )
+    setup = workspace.fab(
+        "setup-registry", "--image-archive", str(lab.registry_image_archive())
+    )
+    assert setup.code == 0, setup.output
+    yield workspace
+    workspace.fab("untrust-clients")
+
+
+def ca_file(lab: Lab, name: str) -> Path:
+    address = lab.host("registry").address
+    return lab.host(name).files / f"etc/docker/certs.d/{address}:5000/ca.crt"
+
+
+def test_stopped_sshd_fails_that_host_only(lab: Lab, fleet: Workspace) -> None:
+    lab.stop_sshd("client2")
+    try:
+        run = fleet.fab("trust-clients")
+    finally:
+        lab.start_sshd("client2")
+    assert run.code == 1
+    client2 = lab.host("client2").address
+    assert (
+        f"{client2}: failed: connection refused on port 22; is sshd running there?"
+        in run.output
+    )
+    assert "recap: 2 hosts: 1 changed, 1 failed" in run.output
+    assert "Traceback" not in run.output
+    assert ca_file(lab, "client1").exists()
+
+    repaired = fleet.fab("trust-clients")
+    assert repaired.code == 0, repaired.output
+    assert "recap: 2 hosts: 1 changed, 1 unchanged" in repaired.output
+
+
+def test_unreachable_address_is_named(lab: Lab, fleet: Workspace) -> None:
+    address = lab.host("registry").address
+    nobody = address.rsplit(".", 1)[0] + ".250"  # inside the lab's own subnet
+    run = fleet.fab("-H", f"{lab.host('client1').address},{nobody}", "trust-clients")
+    assert run.code == 1
+    assert re.search(
+        rf"{re.escape(nobody)}: failed: (no route to host|timed out)", run.output
+    )
+    assert "1 changed, 1 failed" in run.output
+
+
+def test_changed_host_key_is_refused_with_the_fix(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("trust-clients").code == 0
+    client1 = lab.host("client1").address
+    known = lab.known_hosts.read_text().splitlines()
+    other = next(line for line in known if not line.startswith(client1 + " "))
+    forged = [
+        line
+        if not line.startswith(client1 + " ")
+        else f"{client1} {other.split(' ', 1)[1]}"
+        for line in known
+    ]
+    lab.known_hosts.write_text("\n".join(forged) + "\n")
+    try:
+        run = fleet.fab("trust-clients")
+        assert run.code == 1
+        assert f"{client1}: failed: its SSH host key changed" in run.output
+        assert "ssh-keygen -R" in run.output
+        assert "1 unchanged, 1 failed" in run.output
+    finally:
+        lab.known_hosts.write_text("\n".join(known) + "\n")
+    assert fleet.fab("trust-clients").code == 0
+
+
+def test_read_only_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("trust-clients").code == 0
+    target = ca_file(lab, "client1")
+    before = target.read_bytes()
+    fleet.fab("untrust-clients", "--runtimes", "docker")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"an older CA\n")
+    assert (
+        run_on(lab, "client1", "mount -o remount,ro,bind /etc/docker").returncode == 0
+    )
+    try:
+        run = fleet.fab("trust-clients")
+    finally:
+        assert (
+            run_on(lab, "client1", "mount -o remount,rw,bind /etc/docker").returncode
+            == 0
+        )
+    assert run.code == 1
+    client1 = lab.host("client1").address
+    assert re.search(
+        rf"{re.escape(client1)}: failed: could not install the CA: .*Read-only file system",
+        run.output,
+    )
+    assert target.read_bytes() == b"an older CA\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ca.crt"]
+    assert fleet.fab("trust-clients").code == 0
+    assert target.read_bytes() == before
+
+
+def test_full_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
+    folder = f"/etc/docker/certs.d/{lab.host('registry').address}:5000"
+    fill = (
+        f"mkdir -p '{folder}' && mount -t tmpfs -o size=8k tmpfs '{folder}' && "
+        f"echo old > '{folder}/ca.crt' && "
+        f"dd if=/dev/zero of='{folder}/filler' bs=1k count=100 2>/dev/null; true"
+    )
+    assert run_on(lab, "client1", fill).returncode == 0
+    try:
+        run = fleet.fab("trust-clients")
+        listing = run_on(
+            lab, "client1", f"ls -A '{folder}'; cat '{folder}/ca.crt'"
+        ).stdout
+    finally:
+        run_on(lab, "client1", f"umount '{folder}'")
+    assert run.code == 1
+    assert "No space left on device" in run.output or "could not write" in run.output
+    assert listing.split() == ["ca.crt", "filler", "old"]
+    assert fleet.fab("trust-clients").code == 0
+
+
+def test_stopped_docker_daemon(lab: Lab, fleet: Workspace) -> None:
+    lab.stop_dockerd("registry")
+    try:
+        run = fleet.fab("setup-registry")
+    finally:
+        lab.start_dockerd("registry")
+    assert run.code == 1
+    assert "the docker daemon is not reachable" in run.output
+    assert "start it" in run.output
+    assert "Traceback" not in run.output
+    again = fleet.fab("setup-registry")
+    assert again.code == 0, again.output
+
+
+def test_port_held_by_another_program(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("teardown").code == 0
+    hold = (
+        "python3 -m http.server 5000 >/dev/null 2>&1 </dev/null & "
+        "echo $! >/run/lab-holder.pid; sleep 1"
+    )
+    assert run_on(lab, "registry", hold).returncode == 0
+    try:
+        run = fleet.fab("setup-registry")
+    finally:
+        run_on(lab, "registry", "kill $(cat /run/lab-holder.pid)")
+    assert run.code == 1
+    assert (
+        "port 5000 is already in use by python3; stop it or pick another port"
+        in run.output
+    )
+    time.sleep(0.5)
+    assert fleet.fab("setup-registry").code == 0
+
+
+def test_foreign_container_with_our_name(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("teardown").code == 0
+    made = run_on(lab, "registry", "docker run -d --name registry registry:2")
+    assert made.returncode == 0, made.stderr
+    try:
+        run = fleet.fab("setup-registry")
+        assert run.code == 1
+        assert "was not made by this tool" in run.output
+        assert "docker rm -f" in run.output
+        gone = fleet.fab("teardown")
+        assert gone.code == 1 and "was not made by this tool" in gone.output
+    finally:
+        run_on(lab, "registry", "docker rm -f registry")
+    assert fleet.fab("setup-registry").code == 0
+
+
+def test_two_runs_on_one_state_folder(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("teardown").code == 0
+    from tests.conftest import FAB, PROJECT
+
+    first = subprocess.Popen(
+        [str(FAB), "--search-root", str(PROJECT), "--config", str(lab.fabric_config()),
+         "setup-registry"],
+        cwd=fleet.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(0.8)
+    second = fleet.fab("setup-registry")
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, output
+    assert second.code == 1
+    assert "another run is using this state folder" in second.output
+
+
+def test_bad_input_touches_no_host(lab: Lab, fleet: Workspace) -> None:
+    inventory = fleet.folder / "inventory.yaml"
+    good = inventory.read_text()
+    inventory.write_text(good.replace("runtimes:", "runtime:"))
+    run = fleet.fab("trust-clients")
+    assert run.code == 1
+    assert run.output.strip().splitlines() == [
+        "error: inventory.yaml: unknown key runtime (did you mean 'runtimes'?); "
+        "known keys: registry, clients, runtimes"
+    ]
+    assert not ca_file(lab, "client1").exists()
+    inventory.write_text(good)
+
+
+def test_ca_key_never_leaves_this_machine(lab: Lab, fleet: Workspace) -> None:
+    assert fleet.fab("trust-clients").code == 0
+    key = (fleet.folder / "pki/ca.key").read_text()
+    # Past the ASN.1 header every P-256 PKCS#8 key shares: the secret itself.
+    secret = "".join(key.splitlines()[1:-1])[48:96].encode()
+    for host in lab.hosts:
+        for path in host.files.rglob("*"):
+            if path.is_file() and path.stat().st_size < 1_000_000:
+                data = path.read_bytes()
+                assert secret not in data, f"{host.name}: {path}"
+    server_key = lab.host("registry").files / "opt/registry/certs/registry.key"
+    assert oct(server_key.stat().st_mode & 0o777) == "0o600"
+    assert server_key.stat().st_uid == 0
