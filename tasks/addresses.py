@@ -11,16 +11,29 @@ from .errors import InputError
 DEFAULT_REGISTRY_PORT = 5000
 DEFAULT_SSH_PORT = 22
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
-_USER = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE | re.ASCII)
+_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?", re.IGNORECASE | re.ASCII)
+
+
+def _shown(value: object) -> str:
+    """A value quoted in a message, cut short: errors stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Return ``text`` as an IP address, or None when it is not one."""
+    """Return ``text`` as an IP address, or None when it is not one.
+
+    Zoned IPv6 addresses (``fe80::1%eth0``) are not addresses a certificate or
+    another host can use, so they are not accepted.
+    """
     try:
-        return ipaddress.ip_address(text.strip("[]"))
+        ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return None
+    return ip
 
 
 #: Address blocks reserved for documentation (RFC 5737, RFC 3849): never real hosts.
@@ -45,7 +58,7 @@ def is_host_name(text: str) -> bool:
     name = text[:-1] if text.endswith(".") else text
     if not name or len(name) > 253 or name.replace(".", "").isdigit():
         return False
-    return all(_LABEL.match(label) for label in name.split("."))
+    return all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def check_address(text: object, where: str) -> str:
@@ -55,14 +68,19 @@ def check_address(text: object, where: str) -> str:
     """
     if not isinstance(text, str) or not text.strip():
         raise InputError(
-            f"{where}: expected an IP address or a host name, got {text!r}"
+            f"{where}: expected an IP address or a host name, got {_shown(text)}"
         )
     text = text.strip()
+    if "%" in text:
+        raise InputError(
+            f"{where}: {_shown(text)} has a zone (%...); give an address that other "
+            "hosts can reach"
+        )
     if "://" in text or "/" in text:
         bare = text.split("://", 1)[-1].split("/", 1)[0]
         raise InputError(
-            f"{where}: {text!r} has a scheme or a path; give the bare address, "
-            f"for example {bare!r}"
+            f"{where}: {_shown(text)} has a scheme or a path; give the bare address, "
+            f"for example {_shown(bare)}"
         )
     ip = parse_ip(text)
     if ip is not None:
@@ -70,26 +88,28 @@ def check_address(text: object, where: str) -> str:
     if text.count(":") == 1 and text.rsplit(":", 1)[1].isdigit():
         host, port = text.rsplit(":", 1)
         raise InputError(
-            f"{where}: {text!r} includes a port; give the address {host!r} and "
-            f"the port {port} separately"
+            f"{where}: {_shown(text)} includes a port; give the address "
+            f"{_shown(host)} and the port {port} separately"
         )
     if not is_host_name(text):
         raise InputError(
-            f"{where}: {text!r} is neither an IP address nor a valid host name"
+            f"{where}: {_shown(text)} is neither an IP address nor a valid host name"
         )
     return text.lower().rstrip(".")
 
 
 def check_port(value: object, where: str) -> int:
     """Validate a TCP port number."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InputError(f"{where}: expected a port number 1-65535, got {value!r}")
-    try:
-        port = int(value)
-    except ValueError:
+    text = str(value).strip()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or not (text.isascii() and text.isdigit() and len(text) <= 5)
+    ):
         raise InputError(
-            f"{where}: expected a port number 1-65535, got {value!r}"
-        ) from None
+            f"{where}: expected a port number 1-65535, got {_shown(value)}"
+        )
+    port = int(text)
     if not 1 <= port <= 65535:
         raise InputError(f"{where}: port {port} is out of range; use 1-65535")
     return port
@@ -116,7 +136,9 @@ def split_authority(text: str, where: str) -> tuple[str, int]:
         host, _, rest = text[1:].partition("]")
         port = check_port(rest[1:], where) if rest.startswith(":") else None
         if rest and port is None:
-            raise InputError(f"{where}: cannot read {text!r}; write [ADDRESS]:PORT")
+            raise InputError(
+                f"{where}: cannot read {_shown(text)}; write [ADDRESS]:PORT"
+            )
         return check_address(host, where), port or DEFAULT_REGISTRY_PORT
     if text.count(":") == 1:
         host, port_text = text.split(":")
@@ -142,18 +164,20 @@ class SshTarget:
 def parse_ssh_target(text: object, where: str) -> SshTarget:
     """Parse ``[user@]host[:port]`` as Fabric's ``-H`` accepts it."""
     if not isinstance(text, str) or not text.strip():
-        raise InputError(f"{where}: expected [user@]host[:port], got {text!r}")
+        raise InputError(f"{where}: expected [user@]host[:port], got {_shown(text)}")
     text = text.strip()
     user, _, hostport = text.rpartition("@")
-    if user and not _USER.match(user):
-        raise InputError(f"{where}: {user!r} in {text!r} is not a valid user name")
+    if user and not _USER.fullmatch(user):
+        raise InputError(
+            f"{where}: {_shown(user)} in {_shown(text)} is not a valid user name"
+        )
     port: int | None = None
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
         if rest:
             if not rest.startswith(":"):
                 raise InputError(
-                    f"{where}: cannot read {text!r}; write user@[ADDRESS]:PORT"
+                    f"{where}: cannot read {_shown(text)}; write user@[ADDRESS]:PORT"
                 )
             port = check_port(rest[1:], where)
     elif hostport.count(":") == 1:
@@ -163,6 +187,7 @@ def parse_ssh_target(text: object, where: str) -> SshTarget:
         host = hostport
     if parse_ip(host) is None and not is_host_name(host):
         raise InputError(
-            f"{where}: {host!r} in {text!r} is not an IP address or host name"
+            f"{where}: {_shown(host)} in {_shown(text)} is not an IP address or host "
+            "name"
         )
     return SshTarget(host=host, user=user or None, port=port)

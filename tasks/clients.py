@@ -29,7 +29,7 @@ from .addresses import (
     split_authority,
 )
 from .errors import HostError, InputError
-from .inventory import AUTO, Client, RegistrySettings
+from .inventory import AUTO, DEFAULT_INVENTORY, Client, RegistrySettings
 from .options import (
     DEFAULT_PKI_DIR,
     HELP_INVENTORY,
@@ -48,6 +48,7 @@ from .remote import (
     RemoteFile,
     failure_line,
     fan_out,
+    positive_int,
     render_put_files,
     render_remove_files,
     run_as_root,
@@ -125,7 +126,8 @@ def stray_folder_patterns(registry: Registry, certs_dir: str) -> list[str]:
         else registry.address
     )
     bare = shlex.quote(f"{certs_dir}/{host}")
-    return [bare, f"{bare}:*", shlex.quote(f"{certs_dir}/{registry.address}")]
+    patterns = [bare, f"{bare}:*", shlex.quote(f"{certs_dir}/{registry.address}")]
+    return list(dict.fromkeys(patterns))
 
 
 def chosen_runtimes(runtimes: Sequence[str]) -> tuple[str, ...]:
@@ -387,6 +389,12 @@ def prepare_fleet_run(
         return None
     _ran.add(task_name)
     cli_hosts = command_line_hosts() if is_connection(c) else []
+    no_inventory = inventory is None and not Path(DEFAULT_INVENTORY).exists()
+    if cli_hosts and registry is None and no_inventory:
+        raise InputError(
+            "no registry: with -H, pass --registry ADDRESS[:PORT] (or an "
+            "inventory with registry.address)"
+        )
     book = read_inventory(inventory, required=not (cli_hosts and registry))
     settings = book.registry if book else RegistrySettings()
 
@@ -434,9 +442,7 @@ def prepare_fleet_run(
     ca_pem = pki.cert_pem(StateFolder(Path(pki_dir)).read_ca_cert())
     fleet = Fleet.from_config(c.config)
     if workers is not None:
-        if int(workers) < 1:
-            raise InputError(f"--workers {workers}: give at least 1")
-        fleet.workers = int(workers)
+        fleet.workers = positive_int(workers, "--workers", 1000)
     return FleetRun(Registry(address, port), clients, ca_pem, fleet)
 
 

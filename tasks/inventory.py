@@ -7,6 +7,8 @@ entry and the key, and says how to fix it.
 from __future__ import annotations
 
 import difflib
+import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,8 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
         ) from None
     except yaml.YAMLError as exc:
         raise InputError(f"{name}: not valid YAML: {exc}; fix the syntax") from None
+    except RecursionError:
+        raise InputError(f"{name}: nested too deeply to be an inventory") from None
     if document is None:
         raise InputError(
             f"{name}: the file is empty; it needs a 'registry' and 'clients'"
@@ -190,7 +194,9 @@ def _registry(section: object, name: str) -> RegistrySettings:
         remote_dir=_optional(
             section, "remote_dir", lambda v: check_remote_dir(v, key("remote_dir"))
         ),
-        container=_optional(section, "container", lambda v: _text(v, key("container"))),
+        container=_optional(
+            section, "container", lambda v: check_container_name(v, key("container"))
+        ),
     )
 
 
@@ -276,23 +282,57 @@ def check_data(value: object, where: str) -> str:
     return text
 
 
-def check_remote_dir(value: object, where: str) -> str:
-    """Validate an absolute folder path on a remote host."""
+#: Folders a tool must never take over (or, with teardown --purge-data, delete).
+SYSTEM_FOLDERS = frozenset(
+    {
+        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64",
+        "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
+        "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/var",
+        "/var/lib", "/var/log", "/var/run", "/var/tmp", "/var/lib/docker",
+    }
+)  # fmt: skip
+
+
+def check_container_name(value: object, where: str) -> str:
+    """A name docker accepts for a container."""
     text = _text(value, where)
-    if not text.startswith("/") or any(c in text for c in "\n\0'\"$`\\ "):
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", text):
         raise InputError(
-            f"{where}: {text!r} must be an absolute path without spaces or quotes"
+            f"{where}: {_shorten(text)!r} is not a container name; use letters, "
+            "digits, '_', '.' and '-', starting with a letter or digit"
         )
-    if text.rstrip("/") in ("", "/etc", "/usr", "/var", "/root", "/home"):
+    return text
+
+
+def check_remote_dir(value: object, where: str) -> str:
+    """Validate an absolute folder path on a remote host, one of its own."""
+    text = _text(value, where)
+    if not text.startswith("/") or any(c in text for c in "\n\0'\"$`\\ |:;&<>*?"):
         raise InputError(
-            f"{where}: {text!r} is a system folder; pick a folder of its own"
+            f"{where}: {_shorten(text)!r} must be an absolute path without spaces, "
+            "quotes or shell characters"
         )
-    return text.rstrip("/")
+    if ".." in text.split("/"):
+        raise InputError(f"{where}: {_shorten(text)!r} has '..'; write the plain path")
+    normal = "/" + str(posixpath.normpath(text)).lstrip("/")  # POSIX keeps '//'
+    if normal in SYSTEM_FOLDERS:
+        raise InputError(
+            f"{where}: {text!r} is a system folder; pick a folder of its own, such as "
+            "/opt/registry"
+        )
+    return normal
+
+
+def _shorten(text: str, length: int = 60) -> str:
+    """A value fit to quote in a one-line message."""
+    return text if len(text) <= length else text[:length] + "..."
 
 
 def _text(value: object, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{where}: expected a non-empty string, got {value!r}")
+        raise InputError(
+            f"{where}: expected a non-empty string, got {_shorten(repr(value))}"
+        )
     return value.strip()
 
 

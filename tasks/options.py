@@ -46,7 +46,7 @@ def command_line_hosts(argv: Sequence[str] | None = None) -> list[str]:
         value = None
         if arg in ("-H", "--hosts") and index + 1 < len(args):
             value = args[index + 1]
-        elif arg.startswith("--hosts="):
+        elif arg.startswith(("--hosts=", "-H=")):
             value = arg.split("=", 1)[1]
         elif arg.startswith("-H") and len(arg) > 2 and not arg.startswith("--"):
             value = arg[2:]
@@ -56,8 +56,16 @@ def command_line_hosts(argv: Sequence[str] | None = None) -> list[str]:
 
 
 def targets_from_hosts(hosts: Sequence[str]) -> list[SshTarget]:
-    """Parse ``-H`` host strings, naming the bad one."""
-    return [parse_ssh_target(host, f"-H {host}") for host in hosts]
+    """Parse ``-H`` host strings, naming the bad one; a host given twice runs once."""
+    targets: list[SshTarget] = []
+    seen: set[tuple[str, int]] = set()
+    for host in hosts:
+        target = parse_ssh_target(host, f"-H {host}")
+        identity = (target.host, target.port or 22)
+        if identity not in seen:
+            seen.add(identity)
+            targets.append(target)
+    return targets
 
 
 def is_connection(context: object) -> bool:

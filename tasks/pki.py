@@ -172,7 +172,17 @@ def issue_server_cert(
         now - BACKDATE + dt.timedelta(days=days), ca_cert.not_valid_after_utc
     )
     public_key = key.public_key()
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value
+        authority_key_id = (
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+        )
+    except x509.ExtensionNotFound:
+        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca_cert.public_key()  # type: ignore[arg-type]
+        )
     is_rsa = isinstance(key, rsa.RSAPrivateKey)
     return (
         x509.CertificateBuilder()
@@ -213,10 +223,7 @@ def issue_server_cert(
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
+        .add_extension(authority_key_id, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -320,9 +327,33 @@ def server_cert_problem(
             f"its addresses {', '.join(have) or '(none)'} differ from {', '.join(want)}"
         )
     left = days_left(cert, now)
-    if left < RENEW_DAYS:
+    if left < renew_threshold(cert):
         return f"it expires in {left} days" if left >= 0 else "it has expired"
     return None
+
+
+def renew_threshold(cert: x509.Certificate) -> int:
+    """Days before expiry at which to reissue: 30, or a third of a shorter lifetime,
+    so a certificate made for 10 days is not reissued on every run."""
+    lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    return min(RENEW_DAYS, lifetime // 3)
+
+
+def check_is_ca(cert: x509.Certificate, path: Path) -> None:
+    """Refuse a certificate that cannot sign others, before anything is deployed."""
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise StateError(
+            f"{path}: is not a CA certificate (no basicConstraints CA:TRUE); restore "
+            "the CA's ca.crt and ca.key from your backup"
+        )
+
+
+#: The longest validity we issue: beyond it dates overflow and nothing is gained.
+MAX_DAYS = 36500
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -381,7 +412,14 @@ class StateFolder:
         """Hold the folder's lock; a second run at the same time is refused."""
         self._make_folder()
         lock_path = self.path / ".lock"
-        with open(lock_path, "a") as lock:
+        try:
+            lock = open(lock_path, "a")  # noqa: SIM115 - held for the whole block
+        except OSError as exc:
+            raise StateError(
+                f"{lock_path}: cannot open the lock file ({exc.strerror}); make "
+                f"{self.path} a writable folder"
+            ) from None
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -430,6 +468,7 @@ class StateFolder:
             )
         cert = self._read_cert(self.ca_cert_path)
         key = self._read_key(self.ca_key_path)
+        check_is_ca(cert, self.ca_cert_path)
         if not _same_public_key(cert, key):
             raise StateError(
                 f"{self.ca_key_path}: does not belong to {self.ca_cert_path}; restore "
@@ -444,7 +483,9 @@ class StateFolder:
                 f"{self.ca_cert_path}: no CA yet; run setup-registry first, or pass "
                 "--pki-dir with the folder that holds ca.crt"
             )
-        return self._read_cert(self.ca_cert_path)
+        cert = self._read_cert(self.ca_cert_path)
+        check_is_ca(cert, self.ca_cert_path)
+        return cert
 
     def ensure_ca(
         self,
@@ -460,8 +501,18 @@ class StateFolder:
             key = generate_key(key_type)
             cert = issue_ca(key, addresses, days=days, constrain=constrain)
             self._make_folder()
-            write_private_file(self.ca_key_path, key_pem(key))
-            write_private_file(self.ca_cert_path, cert_pem(cert), mode=0o644)
+            try:
+                write_private_file(self.ca_key_path, key_pem(key))
+                write_private_file(self.ca_cert_path, cert_pem(cert), mode=0o644)
+            except OSError as exc:
+                # This CA was never used: leave no half of it to be mistaken for one.
+                for path in (self.ca_key_path, self.ca_cert_path):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                raise StateError(
+                    f"{self.path}: cannot write the new CA ({exc.strerror}); fix that "
+                    "and run again"
+                ) from None
             return Issued(cert, key, "created a new CA")
         cert, key = found
         if days_left(cert) < 0:
@@ -504,8 +555,14 @@ class StateFolder:
             reason = problem or "its key did not match"
         key = generate_key(key_type)
         cert = issue_server_cert(ca.cert, ca.key, key, addresses, days=days)
-        write_private_file(self.server_key_path, key_pem(key))
-        write_private_file(self.server_cert_path, cert_pem(cert), mode=0o644)
+        try:
+            write_private_file(self.server_key_path, key_pem(key))
+            write_private_file(self.server_cert_path, cert_pem(cert), mode=0o644)
+        except OSError as exc:
+            raise StateError(
+                f"{self.path}: cannot write the server certificate ({exc.strerror}); "
+                "fix that and run again"
+            ) from None
         return Issued(cert, key, f"issued a new server certificate ({reason})")
 
     def _read_cert(self, path: Path) -> x509.Certificate:

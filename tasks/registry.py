@@ -38,6 +38,7 @@ from .inventory import (
     DEFAULT_REMOTE_DIR,
     Inventory,
     RegistrySettings,
+    check_container_name,
     check_data,
     check_remote_dir,
 )
@@ -55,7 +56,8 @@ from .remote import (
     RemoteFile,
     failure_line,
     host_label,
-    render_put_files,
+    positive_int,
+    render_put_together,
     run_as_root,
     script_header,
 )
@@ -196,17 +198,20 @@ def render_probe(spec: RegistrySpec) -> str:
 echo "@@docker"
 command -v docker || echo missing
 echo "@@daemon"
-version=$(docker version --format '{{{{.Server.Version}}}}' 2>&1); echo "$?"
+version=$(timeout 30 docker version --format '{{{{.Server.Version}}}}' 2>&1)
+echo "$?"
 echo "$version"
 echo "@@container"
-docker container inspect {name} 2>/dev/null
+timeout 30 docker container inspect {name} 2>/dev/null
 echo "@@image"
-docker image inspect --format '{{{{.Id}}}}' {image} 2>/dev/null
+timeout 30 docker image inspect --format '{{{{.Id}}}}' {image} 2>/dev/null
 echo "@@listeners"
 ss -Hltnp 'sport = :{spec.port}' 2>/dev/null || echo unknown
 echo "@@files"
 sha256sum {shlex.quote(spec.cert_path)} {shlex.quote(spec.key_path)} \
   {shlex.quote(spec.ca_path)} {shlex.quote(spec.htpasswd_path)} 2>/dev/null
+echo "@@ca"
+cat {shlex.quote(spec.ca_path)} 2>/dev/null
 echo "@@end"
 """
 
@@ -222,6 +227,7 @@ class Probe:
     image_id: str | None
     listeners: list[str] | None  # None: could not tell
     file_digests: dict[str, str] = field(default_factory=dict)
+    ca_pem: str = ""
 
 
 def parse_probe(output: str) -> Probe:
@@ -265,6 +271,7 @@ def parse_probe(output: str) -> Probe:
         image_id=text("image") or None,
         listeners=listeners,
         file_digests=digests,
+        ca_pem=text("ca"),
     )
 
 
@@ -359,10 +366,21 @@ def check_docker(probe: Probe, host: str) -> None:
         )
 
 
+def published_port(container: dict[str, Any] | None) -> int | None:
+    """The host port a container publishes the registry on, if it runs."""
+    if not container or not (container.get("State") or {}).get("Running"):
+        return None
+    bindings = (container.get("HostConfig") or {}).get("PortBindings") or {}
+    for binding in bindings.get(f"{CONTAINER_PORT}/tcp") or []:
+        if str(binding.get("HostPort", "")).isdigit():
+            return int(binding["HostPort"])
+    return None
+
+
 def check_port_free(spec: RegistrySpec, probe: Probe, host: str) -> None:
-    """Refuse when another program holds the port; our own running container may."""
-    ours_running = bool(((probe.container or {}).get("State") or {}).get("Running"))
-    if probe.listeners and not ours_running:
+    """Refuse when another program holds the port; our own container on it may."""
+    ours = published_port(probe.container) == spec.port
+    if probe.listeners and not ours:
         holder = _listener_program(probe.listeners[0])
         raise HostError(
             host,
@@ -394,13 +412,31 @@ def render_apply(
             "{ echo 'cannot pull the image' >&2; exit 3; }"
         )
     name = shlex.quote(spec.container)
+    previous = shlex.quote(f"{spec.container}-previous")
+    run = f"timeout 120 {shlex.join(arguments)} >/dev/null"
     if plan.action == "recreate":
-        lines.append(f"docker rm --force {name} >/dev/null || exit 1")
-    if plan.action in ("create", "recreate"):
-        lines.append(f"{shlex.join(arguments)} >/dev/null || exit 4")
-        lines.append(f"echo 'container {plan.action}d'")
+        # The old container steps aside rather than going, so that a new one that
+        # cannot start (its port taken, say) gives way to it again.
+        lines.append(
+            f"docker rm --force {previous} >/dev/null 2>&1\n"
+            f"docker rename {name} {previous} || exit 1\n"
+            f"timeout 60 docker stop {previous} >/dev/null || exit 1\n"
+            f"if {run}; then\n"
+            f"  docker rm --force {previous} >/dev/null\n"
+            "  echo 'container recreated'\n"
+            "else\n"
+            "  rc=$?\n"
+            f"  docker rm --force {name} >/dev/null 2>&1\n"
+            f"  docker rename {previous} {name} && docker start {name} >/dev/null\n"
+            "  echo 'the previous container runs again' >&2\n"
+            "  exit 4\n"
+            "fi"
+        )
+    elif plan.action == "create":
+        lines.append(f"{run} || exit 4")
+        lines.append("echo 'container created'")
     elif plan.action == "start":
-        lines.append(f"docker start {name} >/dev/null || exit 4")
+        lines.append(f"timeout 60 docker start {name} >/dev/null || exit 4")
         lines.append("echo 'container started'")
     return "\n".join(lines) + "\n"
 
@@ -544,6 +580,8 @@ SETUP_HELP = {
     "ca_days": f"Validity of a new CA in days; default: {pki.DEFAULT_CA_DAYS}.",
     "no_name_constraints": "Make a new CA without name constraints (it could then "
     "vouch for any site); default: constrained to the registry's addresses.",
+    "replace_ca": "Replace a registry the host runs with another CA; its clients "
+    "then need trust-clients again. Default: refuse.",
 }
 
 
@@ -565,6 +603,7 @@ def setup_registry(
     server_days: int = pki.DEFAULT_SERVER_DAYS,
     ca_days: int = pki.DEFAULT_CA_DAYS,
     no_name_constraints: bool = False,
+    replace_ca: bool = False,
 ) -> None:
     """Run a TLS registry on the -H host, with a CA and IP-SAN certificate made here.
 
@@ -582,9 +621,10 @@ def setup_registry(
         raise InputError(
             f"--key-type {key_type}: use one of {', '.join(pki.KEY_TYPES)}"
         )
-    for option, days in (("--server-days", server_days), ("--ca-days", ca_days)):
-        if int(days) < 1:
-            raise InputError(f"{option} {days}: give a number of days of at least 1")
+    server_days = positive_int(server_days, "--server-days", pki.MAX_DAYS)
+    ca_days = positive_int(ca_days, "--ca-days", pki.MAX_DAYS)
+    if container is not None:
+        container = check_container_name(container, "--container")
     archive = image_archive_path(image_archive)
     spec, connection = open_registry(
         c,
@@ -609,6 +649,7 @@ def setup_registry(
         ca_days=int(ca_days),
         constrain=not no_name_constraints,
         archive=archive,
+        replace_ca=replace_ca,
     )
     finish(
         [outcome],
@@ -628,6 +669,7 @@ def certify_and_deploy(
     constrain: bool = True,
     archive: Path | None = None,
     new_server_cert: bool = False,
+    replace_ca: bool = False,
     notes: Sequence[str] = (),
 ) -> Outcome:
     """Make or reuse the CA and server certificate, deploy, verify, and report.
@@ -645,7 +687,9 @@ def certify_and_deploy(
             days=server_days,
             force=new_server_cert,
         )
-        outcome, auth = deploy_registry(connection, spec, ca, server, archive)
+        outcome, auth = deploy_registry(
+            connection, spec, ca, server, archive, replace_ca
+        )
 
     for change in (*reversed(notes), server.change, ca.change):
         if change:
@@ -685,11 +729,43 @@ def open_registry(
     )
     ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)
     refuse_example_address(ssh_host, "-H" if connection_host else "registry host")
+    if connection_host is not None and book is not None:
+        check_host_is_registry(connection_host, settings, spec, book)
     fleet = Fleet.from_config(c.config)
     if isinstance(c, Connection):
         fleet.known_hosts.prepare(c)
         return spec, c
     return spec, fleet.connect(settings.ssh or spec.address)
+
+
+def check_host_is_registry(
+    host: str, settings: RegistrySettings, spec: RegistrySpec, book: Inventory
+) -> None:
+    """Refuse a -H that the inventory says is not the registry's host.
+
+    -H may be an SSH alias or another address of the same machine, so only a clear
+    contradiction stops: registry.ssh names another host, or -H is an IP address
+    that is none of the registry's addresses.
+    """
+    where = book.path or "the inventory"
+    if settings.ssh is not None:
+        if host != settings.ssh.host:
+            raise InputError(
+                f"-H {host} contradicts registry.ssh: {settings.ssh} in {where}; "
+                "drop -H or change one of them"
+            )
+        return
+    if settings.address is None or parse_ip(host) is None:
+        return
+    if (
+        all(parse_ip(a) is not None for a in spec.addresses)
+        and host not in spec.addresses
+    ):
+        raise InputError(
+            f"-H {host} is none of the registry's addresses "
+            f"({', '.join(spec.addresses)}) in {where}; fix -H, or if SSH reaches the "
+            f"registry host at {host}, say so with registry.ssh: {host}"
+        )
 
 
 def deploy_registry(
@@ -698,6 +774,7 @@ def deploy_registry(
     ca: pki.Issued,
     server: pki.Issued,
     archive: Path | None,
+    replace_ca: bool = False,
 ) -> tuple[Outcome, bool]:
     """Bring the registry host to the wanted state and prove it serves TLS.
 
@@ -709,6 +786,10 @@ def deploy_registry(
     )
     details: list[str] = []
     check_docker(probe, host)
+    check_same_ca(probe, ca, spec, host, replace_ca)
+    moved = data_moved(probe.container, spec)
+    if moved:
+        details.append(moved)
 
     image_id = probe.image_id
     if image_id is None:
@@ -730,7 +811,7 @@ def deploy_registry(
     check_port_free(spec, probe, host)
     script = render_apply(
         spec,
-        script_header(False) + render_put_files(files),
+        script_header(False) + render_put_together(files),
         plan,
         run_arguments(spec, wanted, auth),
         pull=False,
@@ -748,6 +829,43 @@ def deploy_registry(
     if auth:
         details.append(f"login required (users in {spec.htpasswd_path})")
     return Outcome(host, details_status, details), auth
+
+
+def check_same_ca(
+    probe: Probe, ca: pki.Issued, spec: RegistrySpec, host: str, replace_ca: bool
+) -> None:
+    """Refuse to put a registry of another CA where clients trust the one there."""
+    if not probe.ca_pem or replace_ca:
+        return
+    try:
+        there = x509.load_pem_x509_certificate(probe.ca_pem.encode())
+    except ValueError:
+        return
+    if pki.fingerprint(there) == pki.fingerprint(ca.cert):
+        return
+    raise HostError(
+        host,
+        f"its registry was set up with another CA ({spec.ca_path}, SHA-256 "
+        f"{pki.fingerprint(there)[:23]}...), which its clients trust; run from the "
+        "folder whose pki/ holds that CA (or pass --pki-dir), or pass --replace-ca "
+        "and then run trust-clients on every client",
+    )
+
+
+def data_moved(container: dict[str, Any] | None, spec: RegistrySpec) -> str | None:
+    """A note when the registry's data location changes: the images stay behind."""
+    for mount in (container or {}).get("Mounts") or []:
+        if mount.get("Destination") != "/var/lib/registry":
+            continue
+        before = (
+            mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
+        )
+        if before and before != spec.data:
+            return (
+                f"note: the data moves from {before} to {spec.data}; the images in "
+                f"{before} stay there (set data back to serve them)"
+            )
+    return None
 
 
 def apply_failure(code: int) -> str:
@@ -791,7 +909,11 @@ def ensure_image(
             what="docker load",
         )
     except OSError as exc:
-        raise HostError(host, f"cannot upload {archive}: {exc}") from None
+        raise HostError(
+            host,
+            f"cannot upload {archive} to {remote}: {exc.strerror or exc}; is the "
+            "host's disk (or /tmp) full?",
+        ) from None
     finally:
         connection.run(
             f"rm -f {shlex.quote(remote)}", hide=True, warn=True, in_stream=False

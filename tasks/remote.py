@@ -26,11 +26,16 @@ from fabric import Config, Connection
 from invoke.runners import Result
 
 from .addresses import SshTarget
-from .errors import HostError, RegistryToolError
+from .errors import HostError, InputError, RegistryToolError, StateError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 32
+#: How long a remote script may stay silent before the host counts as hung (a
+#: stopped daemon, a FIFO where a file should be). Image loads pass their own.
+DEFAULT_SCRIPT_TIMEOUT = 120.0
+#: The first line every script prints: proof that it ran at all, as root.
+STARTED = "@@started"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 T = TypeVar("T")
@@ -51,13 +56,44 @@ class KnownHosts:
         self.path = path
         self.strict = strict
         self._lock = threading.Lock()
+        self._entries: list[paramiko.hostkeys.HostKeyEntry] | None = None
 
     def prepare(self, connection: Connection) -> None:
-        """Load the known keys into ``connection`` and install the policy."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.touch(mode=0o600, exist_ok=True)
-        connection.client.load_host_keys(str(self.path))
+        """Give ``connection`` the known keys and our policy for new ones."""
+        keys = connection.client.get_host_keys()
+        for entry in self._load():
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
         connection.client.set_missing_host_key_policy(_Policy(self))
+
+    def _load(self) -> list[paramiko.hostkeys.HostKeyEntry]:
+        """Read the file once per run. Lines Paramiko cannot use (OpenSSH's
+        @cert-authority and @revoked markers, unknown key types) are skipped rather
+        than failing every host."""
+        with self._lock:
+            if self._entries is not None:
+                return self._entries
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.path.touch(mode=0o600, exist_ok=True)
+                lines = self.path.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise StateError(
+                    f"{self.path}: cannot use it as known_hosts ({exc.strerror}); "
+                    "set fleet.known_hosts to a file"
+                ) from None
+            entries = []
+            for line in lines.splitlines():
+                if not line.strip() or line.lstrip().startswith(("#", "@")):
+                    continue
+                try:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                except (paramiko.hostkeys.InvalidHostKey, ValueError, IndexError):
+                    entry = None
+                if entry is not None and entry.key is not None:
+                    entries.append(entry)
+            self._entries = entries
+            return entries
 
     def remember(self, hostname: str, key: paramiko.PKey) -> None:
         line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
@@ -101,8 +137,12 @@ class Fleet:
         path = Path(
             os.path.expanduser(settings.get("known_hosts") or DEFAULT_KNOWN_HOSTS)
         )
-        strict = bool(settings.get("strict_host_keys", False))
-        workers = int(settings.get("workers") or DEFAULT_WORKERS)
+        strict = config_flag(
+            settings.get("strict_host_keys", False), "strict_host_keys"
+        )
+        workers = positive_int(
+            settings.get("workers") or DEFAULT_WORKERS, "fleet.workers in the config"
+        )
         return cls(config=config, known_hosts=KnownHosts(path, strict), workers=workers)
 
     def connect(self, target: SshTarget | str) -> Connection:
@@ -115,6 +155,27 @@ class Fleet:
             )
         self.known_hosts.prepare(connection)
         return connection
+
+
+def config_flag(value: object, key: str) -> bool:
+    """A yes/no setting, also when written as a string in YAML."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise InputError(f"fleet.{key}: expected true or false, got {value!r}")
+
+
+def positive_int(value: object, option: str, highest: int = 10_000) -> int:
+    """A whole number from 1 to ``highest``, from an option or a config value."""
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= highest:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise InputError(f"{option} {shown}: give a whole number from 1 to {highest}")
+    return int(text)
 
 
 def host_label(connection: Connection) -> str:
@@ -137,7 +198,11 @@ class CommandResult:
 
 
 def run_as_root(
-    connection: Connection, script: str, *, what: str, timeout: float | None = None
+    connection: Connection,
+    script: str,
+    *,
+    what: str,
+    timeout: float = DEFAULT_SCRIPT_TIMEOUT,
 ) -> CommandResult:
     """Run a POSIX shell ``script`` as root and return its result (failures included).
 
@@ -148,6 +213,7 @@ def run_as_root(
     label = host_label(connection)
     log.debug("%s: running %s", label, what)
     password = connection.config.sudo.password
+    script = f"echo {STARTED}\n{script}"
     try:
         if connection.user == "root":
             result = _run(connection, "sh -s", script, timeout)
@@ -157,10 +223,25 @@ def run_as_root(
             result = _sudo_with_password(connection, script, timeout)
     except RegistryToolError:
         raise
+    except TimeoutError:
+        raise HostError(
+            label,
+            f"{what} got no answer for {timeout:.0f} s; is docker (or the disk) hung "
+            "on the host?",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - every transport failure becomes one line
         raise HostError(label, describe_ssh_failure(exc, connection)) from None
     _raise_for_sudo(result, connection)
-    return result
+    first, _, rest = result.stdout.partition("\n")
+    if first.strip() != STARTED:
+        # A login shell such as nologin, or a profile that fails, ran instead.
+        said = failure_line(result)
+        raise HostError(
+            label,
+            f"commands do not run as {connection.user} here ({said}); check the "
+            "user's login shell and sudo rights, or connect as root",
+        )
+    return CommandResult(rest, result.stderr, result.exited)
 
 
 def _run(
@@ -254,16 +335,36 @@ def describe_ssh_failure(exc: BaseException, connection: Connection) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot connect to port {port}: {exc.strerror}"
     if isinstance(exc, paramiko.SSHException):
+        if "No existing session" in str(exc) or "Error reading SSH" in str(exc):
+            return (
+                f"the SSH server on port {port} closed the connection; is sshd running "
+                "and does it accept this key?"
+            )
         return f"SSH failed: {exc}"
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+#: Lines that say where to read more, not what went wrong.
+_NOISE = ("Run 'docker", "See 'docker")
+
+
 def failure_line(result: CommandResult | Result) -> str:
-    """The last meaningful line a failed remote command printed."""
+    """The last meaningful line a failed remote command printed, with its cause.
+
+    When our own "could not write" line ends the output, the tool's message before it
+    (such as "No space left on device") is the reason, so both are given.
+    """
     for stream in (result.stderr, result.stdout):
-        lines = [line.strip() for line in stream.splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
+        lines = [
+            line.strip()
+            for line in stream.splitlines()
+            if line.strip() and not line.strip().startswith(_NOISE)
+        ]
+        if not lines:
+            continue
+        if lines[-1].startswith("could not write") and len(lines) > 1:
+            return f"{lines[-1]}: {lines[-2]}"
+        return lines[-1][:300]
     return f"exit code {result.exited}"
 
 
@@ -293,8 +394,17 @@ FILE_FUNCTIONS = r"""
 set -u
 umask 022
 last=''
+not_a_file() {
+  if [ -e "$1" ] && [ ! -f "$1" ] || [ -L "$1" ]; then
+    echo "could not write $1: it is not a regular file (a folder, link or pipe?);" \
+      "remove it and run again" >&2
+    return 0
+  fi
+  return 1
+}
 put_file() {
   p=$1 m=$2 want=$3
+  if not_a_file "$p"; then cat >/dev/null; return 1; fi
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
   mode=$(stat -c %a "$p" 2>/dev/null)
   if [ "$have" = "$want" ] && [ "$mode" = "$m" ]; then
@@ -312,6 +422,36 @@ put_file() {
   else
     rm -f "$t"; echo "could not write $p" >&2; return 1
   fi
+}
+staged=''
+stage_file() {
+  p=$1 m=$2 want=$3
+  if not_a_file "$p"; then cat >/dev/null; return 1; fi
+  have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
+  mode=$(stat -c %a "$p" 2>/dev/null)
+  if [ "$have" = "$want" ] && [ "$mode" = "$m" ]; then
+    cat >/dev/null; echo "unchanged $p"; return 0
+  fi
+  if [ -n "$DRY_RUN" ]; then cat >/dev/null; echo "would-change $p"; return 0; fi
+  d=$(dirname "$p")
+  mkdir -p "$d" || { cat >/dev/null; return 1; }
+  t=$(mktemp "$d/.$(basename "$p").XXXXXX") || { cat >/dev/null; return 1; }
+  staged="$staged $t|$p"
+  if base64 -d >"$t" && chmod "$m" "$t" && sync "$t" 2>/dev/null \
+     && [ "$(sha256sum "$t" | cut -c1-64)" = "$want" ]; then
+    return 0
+  fi
+  echo "could not write $p" >&2; return 1
+}
+commit_staged() {
+  for pair in $staged; do
+    mv -f "${pair%%|*}" "${pair#*|}" && echo "changed ${pair#*|}" || return 1
+  done
+  staged=''
+}
+abort_staged() {
+  for pair in $staged; do rm -f "${pair%%|*}"; done
+  staged=''
 }
 remove_file() {
   p=$1 want=$2
@@ -345,6 +485,24 @@ def render_put_files(files: Iterable[RemoteFile]) -> str:
             f"put_file {shlex.quote(item.path)} {item.mode:o} {item.digest}"
             f" <<'{marker}' || exit 1\n{encoded}{marker}"
         )
+    return "\n".join(lines) + "\n"
+
+
+def render_put_together(files: Iterable[RemoteFile]) -> str:
+    """Like ``render_put_files``, but all files change or none does.
+
+    Every new file is written and checked beside its target first; only then are they
+    renamed into place. A certificate never meets a key it does not belong to.
+    """
+    lines: list[str] = []
+    for number, item in enumerate(files):
+        encoded = base64.encodebytes(item.content).decode("ascii")
+        marker = f"CONTENT_{number}_END"
+        lines.append(
+            f"stage_file {shlex.quote(item.path)} {item.mode:o} {item.digest}"
+            f" <<'{marker}' || {{ abort_staged; exit 1; }}\n{encoded}{marker}"
+        )
+    lines.append("commit_staged || { abort_staged; exit 1; }")
     return "\n".join(lines) + "\n"
 
 

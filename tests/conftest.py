@@ -57,9 +57,10 @@ class Workspace:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    """The lab's hosts, up for the whole session; skipped only where it cannot run."""
+    """The lab's hosts, new for each test module (a few seconds), so that no module
+    depends on what another left behind; skipped only where it cannot run."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, sshd, dockerd)")
     # Its own names and subnet, so the tests can run while `make demo` has a lab up.

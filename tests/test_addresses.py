@@ -7,6 +7,7 @@ import pytest
 from tasks.addresses import (
     SshTarget,
     check_address,
+    check_port,
     parse_ssh_target,
     refuse_example_address,
     registry_authority,
@@ -97,3 +98,29 @@ def test_example_addresses_are_refused_before_connecting(host: str) -> None:
 )
 def test_real_addresses_pass(host: str) -> None:
     refuse_example_address(host, "-H")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fe80::1%eth0", "has a zone"),
+        ("reg\n.example", "neither an IP address"),
+        ("\u212aelvin.example", "neither an IP address"),  # a Kelvin sign, not a K
+        ("a" * 5000, "neither an IP address"),
+    ],
+)
+def test_addresses_that_only_look_valid(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as caught:
+        check_address(text, "registry.address")
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("port", ["\uff15\uff10\uff10\uff10", "5_000", "1" * 5000, 5.0])
+def test_ports_that_python_would_accept(port: object) -> None:
+    with pytest.raises(InputError, match="expected a port number"):
+        check_port(port, "--port")
+
+
+def test_user_names_with_newlines_are_refused() -> None:
+    with pytest.raises(InputError, match="not a valid user name"):
+        parse_ssh_target("root\n@203.0.113.5", "-H")

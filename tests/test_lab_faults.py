@@ -28,9 +28,12 @@ def fleet(lab: Lab, workspace: Workspace) -> Iterator[Workspace]:
             "runtimes": ["docker"],
         }
     )
+    # Each test brings its own CA to the module's registry host: say so.
     setup = workspace.fab(
-        "setup-registry", "--image-archive", str(lab.registry_image_archive())
-    )
+        "setup-registry",
+        "--image-archive", str(lab.registry_image_archive()),
+        "--replace-ca",
+    )  # fmt: skip
     assert setup.code == 0, setup.output
     yield workspace
     workspace.fab("untrust-clients")
@@ -240,3 +243,37 @@ def test_ca_key_never_leaves_this_machine(lab: Lab, fleet: Workspace) -> None:
     server_key = lab.host("registry").files / "opt/registry/certs/registry.key"
     assert oct(server_key.stat().st_mode & 0o777) == "0o600"
     assert server_key.stat().st_uid == 0
+
+
+def test_registry_of_another_ca_is_not_replaced_silently(
+    lab: Lab, fleet: Workspace, tmp_path: Path
+) -> None:
+    assert fleet.fab("trust-clients").code == 0
+    stranger = Workspace(lab, tmp_path / "elsewhere")
+    stranger.folder.mkdir()
+    run = stranger.fab("-H", lab.host("registry").address, "setup-registry")
+    assert run.code == 1
+    assert "its registry was set up with another CA" in run.output
+    assert "--replace-ca" in run.output
+    pulled = run_on(
+        lab, "client1", f"docker pull {lab.host('registry').address}:5000/none:1"
+    )
+    assert "x509" not in pulled.stderr  # the clients' trust still matches the registry
+    assert fleet.fab("setup-registry").code == 0
+
+
+def test_new_port_taken_keeps_the_running_registry(lab: Lab, fleet: Workspace) -> None:
+    hold = (
+        "python3 -m http.server 5001 >/dev/null 2>&1 </dev/null & "
+        "echo $! >/run/lab-holder.pid; sleep 1"
+    )
+    assert run_on(lab, "registry", hold).returncode == 0
+    try:
+        run = fleet.fab("setup-registry", "--port", "5001")
+    finally:
+        run_on(lab, "registry", "kill $(cat /run/lab-holder.pid)")
+    assert run.code == 1
+    assert "port 5001 is already in use by python3" in run.output
+    status = fleet.fab("status")
+    assert "registry (running)" in status.output
+    assert "ok (HTTP 200" in status.output

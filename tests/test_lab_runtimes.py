@@ -37,6 +37,7 @@ def registry(lab: Lab, workspace: Workspace) -> Iterator[str]:
     setup = workspace.fab(
         "-H", address, "setup-registry",
         "--image-archive", str(lab.registry_image_archive()),
+        "--replace-ca",  # each test here brings its own CA
     )  # fmt: skip
     assert setup.code == 0, setup.output
     image = f"{address}:5000/lab/runtimes:1"

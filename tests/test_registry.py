@@ -50,8 +50,14 @@ def probe(**changes: object) -> Probe:
     return Probe(**values)  # type: ignore[arg-type]
 
 
-def container(labels: dict[str, str], running: bool = True) -> dict[str, object]:
-    return {"Config": {"Labels": labels}, "State": {"Running": running}}
+def container(
+    labels: dict[str, str], running: bool = True, port: int = 5000
+) -> dict[str, object]:
+    return {
+        "Config": {"Labels": labels},
+        "State": {"Running": running},
+        "HostConfig": {"PortBindings": {"5000/tcp": [{"HostPort": str(port)}]}},
+    }
 
 
 def test_address_defaults_to_the_ssh_host() -> None:
@@ -152,6 +158,10 @@ def test_busy_port_names_the_program_unless_it_is_our_registry() -> None:
         check_port_free(SPEC, probe(listeners=busy), "h")
     ours = container({MANAGED_LABEL: "true", SPEC_LABEL: "x"})
     check_port_free(SPEC, probe(listeners=busy, container=ours), "h")
+    # Ours on another port does not excuse a stranger on this one.
+    elsewhere = container({MANAGED_LABEL: "true", SPEC_LABEL: "x"}, port=5001)
+    with pytest.raises(HostError, match="already in use by python3"):
+        check_port_free(SPEC, probe(listeners=busy, container=elsewhere), "h")
 
 
 def test_parse_probe() -> None:
@@ -182,7 +192,7 @@ def test_parse_probe_without_docker() -> None:
     assert found.listeners is None
 
 
-def test_apply_script_recreates_then_runs() -> None:
+def test_apply_script_recreates_with_a_way_back() -> None:
     script = render_apply(
         SPEC,
         "FILES\n",
@@ -190,11 +200,14 @@ def test_apply_script_recreates_then_runs() -> None:
         ["docker", "run", "x"],
         pull=False,
     )
-    lines = script.splitlines()
+    lines = [line.strip() for line in script.splitlines()]
     assert lines[0] == "FILES"
-    assert lines.index("docker rm --force registry >/dev/null || exit 1") < lines.index(
-        "docker run x >/dev/null || exit 4"
+    step_aside = lines.index("docker rename registry registry-previous || exit 1")
+    run = lines.index("if timeout 120 docker run x >/dev/null; then")
+    back = lines.index(
+        "docker rename registry-previous registry && docker start registry >/dev/null"
     )
+    assert step_aside < run < back
 
 
 def test_public_addresses_are_flagged() -> None:
