@@ -20,7 +20,6 @@ from pathlib import Path
 from fabric import Connection, task
 from invoke.context import Context
 
-from . import pki
 from .addresses import (
     DEFAULT_REGISTRY_PORT,
     parse_ip,
@@ -439,7 +438,8 @@ def prepare_fleet_run(
 
     for client in clients:
         refuse_example_address(client.target.host, f"client {client.target}")
-    ca_pem = pki.cert_pem(StateFolder(Path(pki_dir)).read_ca_cert())
+    # During a CA rotation this is the current CA followed by the next one.
+    ca_pem = StateFolder(Path(pki_dir)).trust_bundle()
     fleet = Fleet.from_config(c.config)
     if workers is not None:
         fleet.workers = positive_int(workers, "--workers", 1000)

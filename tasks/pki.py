@@ -406,10 +406,27 @@ class StateFolder:
         self.ca_key_path = path / "ca.key"
         self.server_cert_path = path / "server.crt"
         self.server_key_path = path / "server.key"
+        # A CA rotation in progress: the next CA, and a mark once it signs.
+        self.next_dir = path / "next"
+        self.next_cert_path = self.next_dir / "ca.crt"
+        self.next_key_path = self.next_dir / "ca.key"
+        self.switched_path = self.next_dir / "switched"
+        self.retired_dir = path / "retired"
+        self._lock_depth = 0
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the folder's lock; a second run at the same time is refused."""
+        """Hold the folder's lock; a second run at the same time is refused.
+
+        Re-entrant within one run: a task that holds it may call steps that take it.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         self._make_folder()
         lock_path = self.path / ".lock"
         try:
@@ -427,9 +444,11 @@ class StateFolder:
                     f"{self.path}: another run is using this state folder; wait for it "
                     "to finish and run again"
                 ) from None
+            self._lock_depth = 1
             try:
                 yield
             finally:
+                self._lock_depth = 0
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _make_folder(self) -> None:
@@ -487,6 +506,80 @@ class StateFolder:
         check_is_ca(cert, self.ca_cert_path)
         return cert
 
+    def read_next_ca(self) -> tuple[x509.Certificate, PrivateKey] | None:
+        """The next CA of a rotation in progress, or None."""
+        if not self.next_cert_path.exists():
+            return None
+        cert = self._read_cert(self.next_cert_path)
+        check_is_ca(cert, self.next_cert_path)
+        key = self._read_key(self.next_key_path)
+        if not _same_public_key(cert, key):
+            raise StateError(
+                f"{self.next_key_path}: does not belong to {self.next_cert_path}; "
+                "restore the pair, or delete the next/ folder and begin again"
+            )
+        return cert, key
+
+    @property
+    def rotating(self) -> bool:
+        return self.next_cert_path.exists()
+
+    @property
+    def switched(self) -> bool:
+        return self.switched_path.exists()
+
+    def trust_bundle(self) -> bytes:
+        """What clients must trust: the CA, and during a rotation the next one too."""
+        bundle = cert_pem(self.read_ca_cert())
+        found = self.read_next_ca()
+        if found is not None:
+            bundle += cert_pem(found[0])
+        return bundle
+
+    def known_ca_fingerprints(self) -> set[str]:
+        """Fingerprints of the CAs this folder holds (a registry of either is ours)."""
+        known = {fingerprint(self.read_ca_cert())}
+        found = self.read_next_ca()
+        if found is not None:
+            known.add(fingerprint(found[0]))
+        return known
+
+    def begin_rotation(
+        self,
+        addresses: Sequence[str],
+        *,
+        key_type: str = DEFAULT_KEY_TYPE,
+        days: int = DEFAULT_CA_DAYS,
+        constrain: bool = True,
+    ) -> Issued:
+        """Make the next CA beside the current one (once)."""
+        self.read_ca_cert()
+        found = self.read_next_ca()
+        if found is not None:
+            return Issued(found[0], found[1], None)
+        key = generate_key(key_type)
+        cert = issue_ca(key, addresses, days=days, constrain=constrain)
+        self.next_dir.mkdir(mode=0o700, exist_ok=True)
+        write_private_file(self.next_key_path, key_pem(key))
+        write_private_file(self.next_cert_path, cert_pem(cert), mode=0o644)
+        return Issued(cert, key, "made the next CA")
+
+    def mark_switched(self) -> None:
+        write_private_file(self.switched_path, b"the next CA signs\n", mode=0o644)
+
+    def finish_rotation(self) -> Path:
+        """Retire the old CA, make the next one current; return where the old went."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        retired = self.retired_dir / f"ca-{stamp}"
+        retired.mkdir(mode=0o700, parents=True)
+        os.replace(self.ca_cert_path, retired / "ca.crt")
+        os.replace(self.ca_key_path, retired / "ca.key")
+        os.replace(self.next_key_path, self.ca_key_path)
+        os.replace(self.next_cert_path, self.ca_cert_path)
+        self.switched_path.unlink()
+        self.next_dir.rmdir()
+        return retired
+
     def ensure_ca(
         self,
         addresses: Sequence[str],
@@ -495,7 +588,14 @@ class StateFolder:
         days: int = DEFAULT_CA_DAYS,
         constrain: bool = True,
     ) -> Issued:
-        """Reuse the CA, or make the first one; stop rather than replace it."""
+        """Reuse the CA, or make the first one; stop rather than replace it.
+
+        Once a rotation has switched, the next CA is the one that signs.
+        """
+        if self.switched:
+            next_ca = self.read_next_ca()
+            assert next_ca is not None, "switched without a next CA"
+            return Issued(next_ca[0], next_ca[1], None)
         found = self.read_ca()
         if found is None:
             key = generate_key(key_type)

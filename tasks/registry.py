@@ -688,7 +688,13 @@ def certify_and_deploy(
             force=new_server_cert,
         )
         outcome, auth = deploy_registry(
-            connection, spec, ca, server, archive, replace_ca
+            connection,
+            spec,
+            ca,
+            server,
+            archive,
+            replace_ca,
+            state.known_ca_fingerprints(),
         )
 
     for change in (*reversed(notes), server.change, ca.change):
@@ -775,6 +781,7 @@ def deploy_registry(
     server: pki.Issued,
     archive: Path | None,
     replace_ca: bool = False,
+    known_cas: set[str] | None = None,
 ) -> tuple[Outcome, bool]:
     """Bring the registry host to the wanted state and prove it serves TLS.
 
@@ -786,7 +793,9 @@ def deploy_registry(
     )
     details: list[str] = []
     check_docker(probe, host)
-    check_same_ca(probe, ca, spec, host, replace_ca)
+    check_same_ca(
+        probe, known_cas or {pki.fingerprint(ca.cert)}, spec, host, replace_ca
+    )
     moved = data_moved(probe.container, spec)
     if moved:
         details.append(moved)
@@ -832,16 +841,19 @@ def deploy_registry(
 
 
 def check_same_ca(
-    probe: Probe, ca: pki.Issued, spec: RegistrySpec, host: str, replace_ca: bool
+    probe: Probe, known: set[str], spec: RegistrySpec, host: str, replace_ca: bool
 ) -> None:
-    """Refuse to put a registry of another CA where clients trust the one there."""
+    """Refuse to put a registry of another CA where clients trust the one there.
+
+    ``known`` holds the fingerprints of our CAs (two during a rotation).
+    """
     if not probe.ca_pem or replace_ca:
         return
     try:
         there = x509.load_pem_x509_certificate(probe.ca_pem.encode())
     except ValueError:
         return
-    if pki.fingerprint(there) == pki.fingerprint(ca.cert):
+    if pki.fingerprint(there) in known:
         return
     raise HostError(
         host,
