@@ -267,8 +267,14 @@ def _sudo_with_password(
     path = made.stdout.strip()
     try:
         connection.put(io.BytesIO(script.encode()), remote=path)
+        # in_stream=False: our own stdin plays no part; Fabric still answers the
+        # password prompt on the remote side.
         result = connection.sudo(
-            f"sh {shlex.quote(path)}", hide=True, warn=True, timeout=timeout
+            f"sh {shlex.quote(path)}",
+            hide=True,
+            warn=True,
+            timeout=timeout,
+            in_stream=False,
         )
         return CommandResult(result.stdout, result.stderr, result.exited)
     finally:

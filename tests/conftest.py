@@ -32,11 +32,16 @@ class Workspace:
     lab: Lab
     folder: Path
 
-    def fab(self, *args: str, timeout: float = 300) -> FabResult:
-        """Run the real ``fab`` command with the lab's SSH settings, as a user would."""
+    def fab(
+        self, *args: str, timeout: float = 300, config: Path | None = None
+    ) -> FabResult:
+        """Run the real ``fab`` command with the lab's SSH settings, as a user would.
+
+        ``config`` replaces the lab's Fabric config file.
+        """
         command = [
             str(FAB), "--search-root", str(PROJECT),
-            "--config", str(self.lab.fabric_config()), *args,
+            "--config", str(config or self.lab.fabric_config()), *args,
         ]  # fmt: skip
         done = subprocess.run(
             command,

@@ -38,6 +38,7 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
     PrivateDir("/etc/rancher"),
     PrivateDir("/etc/buildkit"),
     PrivateDir("/etc/pki"),
+    PrivateDir("/etc/sudoers.d"),
     PrivateDir("/etc/ssl/certs", seed=True),
     PrivateDir("/usr/local/share/ca-certificates"),
     PrivateDir("/opt/registry"),

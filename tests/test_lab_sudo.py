@@ -1,0 +1,91 @@
+"""A non-root SSH user: sudo without a password, with one, and without rights."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import Workspace
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+USER = "regdeploy"
+PASSWORD = "lab-sudo-password"
+
+
+@pytest.fixture(scope="module")
+def deploy_user(lab: Lab) -> str:
+    """A user on every lab host (they share /etc/passwd); sudo rights per host."""
+    if subprocess.run(["id", USER], capture_output=True, check=False).returncode:
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True
+        )
+    subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True)
+    return USER
+
+
+def grant(lab: Lab, name: str, rule: str | None) -> None:
+    sudoers = lab.host(name).files / "etc/sudoers.d" / USER
+    if rule is None:
+        sudoers.unlink(missing_ok=True)
+    else:
+        sudoers.write_text(f"{USER} ALL=(ALL) {rule}\n")
+        sudoers.chmod(0o440)
+
+
+def test_sudo_users(lab: Lab, workspace: Workspace, deploy_user: str) -> None:
+    address = lab.host("registry").address
+    assert (
+        workspace.fab(
+            "-H",
+            address,
+            "setup-registry",
+            "--image-archive",
+            str(lab.registry_image_archive()),
+        ).code
+        == 0
+    )
+    client1 = lab.host("client1").address
+    client2 = lab.host("client2").address
+    grant(lab, "client1", "NOPASSWD: ALL")
+    grant(lab, "client2", None)
+    hosts = f"{deploy_user}@{client1},{deploy_user}@{client2}"
+
+    run = workspace.fab(
+        "-H", hosts, "trust-clients", "--registry", address, "--runtimes", "docker"
+    )
+    assert run.code == 1
+    assert f"{deploy_user}@{client1}: changed" in run.output
+    assert (
+        f"{deploy_user}@{client2}: failed: user {deploy_user} needs a password for sudo"
+        in run.output
+    )
+    assert "--prompt-for-sudo-password" in run.output
+    ca = lab.host("client1").files / f"etc/docker/certs.d/{address}:5000/ca.crt"
+    assert ca.stat().st_uid == 0  # written as root through sudo
+
+    # With the password Fabric would prompt for (given here through its config).
+    grant(lab, "client2", "ALL")
+    config = workspace.folder / "sudo.yaml"
+    config.write_text(
+        lab.fabric_config().read_text() + f"sudo:\n  password: {PASSWORD}\n"
+    )
+    with_password = workspace.fab(
+        "-H", hosts, "trust-clients", "--registry", address,
+        "--runtimes", "docker", config=config,
+    )  # fmt: skip
+    assert with_password.code == 0, with_password.output
+    assert "1 changed, 1 unchanged" in with_password.output
+    assert PASSWORD not in with_password.output
+
+    # A user whom sudo refuses outright is told so.
+    grant(lab, "client2", None)
+    refused = workspace.fab(
+        "-H", f"{deploy_user}@{client2}", "untrust-clients",
+        "--registry", address, "--runtimes", "docker", config=config,
+    )  # fmt: skip
+    assert refused.code == 1
+    assert "sudo" in refused.output and "Traceback" not in refused.output
+    grant(lab, "client1", None)
