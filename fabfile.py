@@ -5,16 +5,18 @@ This file only wires the task collection; each module of ``tasks/`` owns one con
 
 from invoke.collection import Collection
 
-from tasks import clients, operations, registry, storage, users
+from tasks import checks, clients, operations, registry, rotation, storage, users
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
 
 namespace = Collection(
     registry.setup_registry,
     clients.trust_clients,
     clients.untrust_clients,
+    checks.check_clients,
     operations.status,
     operations.check_expiry,
     operations.rotate_cert,
+    rotation.rotate_ca,
     operations.logs,
     operations.restart,
     operations.teardown,

@@ -19,6 +19,7 @@ CHANGED = "changed"
 UNCHANGED = "unchanged"
 WOULD_CHANGE = "would change"
 FAILED = "failed"
+OK = "ok"  # a check that passed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,7 +95,7 @@ def recap(outcomes: Sequence[Outcome]) -> str:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
-    order = (CHANGED, WOULD_CHANGE, UNCHANGED, FAILED)
+    order = (CHANGED, WOULD_CHANGE, UNCHANGED, OK, FAILED)
     parts = [f"{counts[status]} {status}" for status in order if counts.get(status)]
     noun = "host" if len(outcomes) == 1 else "hosts"
     return f"{len(outcomes)} {noun}: {', '.join(parts)}"
