@@ -3,7 +3,7 @@
 #   make test   - every check and the whole test suite (unit and lab)
 PYTHON := .venv/bin/python
 
-.PHONY: deps demo test lint unit lab-up lab-down clean
+.PHONY: deps demo test lint unit bench lab-up lab-down clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -21,6 +21,11 @@ test: lint
 
 unit: deps
 	$(PYTHON) -m pytest -m "not lab"
+
+# trust-clients on 50 lab hosts beside plain ssh and Ansible (about 10 minutes).
+bench: deps
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PYTHON) scripts/benchmark.py $(BENCH_ARGS)
 
 lab-up: deps
 	$(PYTHON) -m tests.lab up
