@@ -40,6 +40,7 @@ from .options import (
     targets_from_hosts,
 )
 from .pki import StateFolder
+from .registry import warn_expiry
 from .remote import (
     DEFAULT_WORKERS,
     FileReport,
@@ -439,7 +440,9 @@ def prepare_fleet_run(
     for client in clients:
         refuse_example_address(client.target.host, f"client {client.target}")
     # During a CA rotation this is the current CA followed by the next one.
-    ca_pem = StateFolder(Path(pki_dir)).trust_bundle()
+    state = StateFolder(Path(pki_dir))
+    ca_pem = state.trust_bundle()
+    warn_expiry(state.read_ca_cert(), "CA", state.ca_cert_path)
     fleet = Fleet.from_config(c.config)
     if workers is not None:
         fleet.workers = positive_int(workers, "--workers", 1000)
@@ -476,19 +479,25 @@ def trust_clients(
     )
     if run is None:
         return
-    mode = " (dry run: nothing is changed)" if dry_run else ""
-    log.info(
-        "trusting %s on %d clients%s", run.registry.authority, len(run.clients), mode
-    )
-
-    def work(client: Client) -> Outcome:
-        return on_client(run, client, remove=False, dry_run=dry_run)
-
-    outcomes = fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress)
+    outcomes = on_clients(run, remove=False, dry_run=dry_run)
     finish(
         outcomes,
         None if dry_run else f"push and pull {run.registry.authority}/IMAGE",
     )
+
+
+def on_clients(run: FleetRun, *, remove: bool, dry_run: bool) -> list[Outcome]:
+    """Trust (or untrust) on every client, a bounded number at a time."""
+    verb = "untrusting" if remove else "trusting"
+    mode = " (dry run: nothing is changed)" if dry_run else ""
+    log.info(
+        "%s %s on %d clients%s", verb, run.registry.authority, len(run.clients), mode
+    )
+
+    def work(client: Client) -> Outcome:
+        return on_client(run, client, remove=remove, dry_run=dry_run)
+
+    return fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress)
 
 
 def _progress(done: int, total: int, outcome: Outcome) -> None:
@@ -629,13 +638,4 @@ def untrust_clients(
     )
     if run is None:
         return
-
-    mode = " (dry run: nothing is changed)" if dry_run else ""
-    log.info(
-        "untrusting %s on %d clients%s", run.registry.authority, len(run.clients), mode
-    )
-
-    def work(client: Client) -> Outcome:
-        return on_client(run, client, remove=True, dry_run=dry_run)
-
-    finish(fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress))
+    finish(on_clients(run, remove=True, dry_run=dry_run))

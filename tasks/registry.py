@@ -212,6 +212,8 @@ sha256sum {shlex.quote(spec.cert_path)} {shlex.quote(spec.key_path)} \
   {shlex.quote(spec.ca_path)} {shlex.quote(spec.htpasswd_path)} 2>/dev/null
 echo "@@ca"
 cat {shlex.quote(spec.ca_path)} 2>/dev/null
+echo "@@cert"
+cat {shlex.quote(spec.cert_path)} 2>/dev/null
 echo "@@end"
 """
 
@@ -228,6 +230,7 @@ class Probe:
     listeners: list[str] | None  # None: could not tell
     file_digests: dict[str, str] = field(default_factory=dict)
     ca_pem: str = ""
+    cert_pem: str = ""
 
 
 def parse_probe(output: str) -> Probe:
@@ -272,6 +275,7 @@ def parse_probe(output: str) -> Probe:
         listeners=listeners,
         file_digests=digests,
         ca_pem=text("ca"),
+        cert_pem=text("cert"),
     )
 
 
@@ -796,9 +800,9 @@ def deploy_registry(
     check_same_ca(
         probe, known_cas or {pki.fingerprint(ca.cert)}, spec, host, replace_ca
     )
-    moved = data_moved(probe.container, spec)
-    if moved:
-        details.append(moved)
+    for note in (data_moved(probe.container, spec), legacy_certificate(probe.cert_pem)):
+        if note:
+            details.append(note)
 
     image_id = probe.image_id
     if image_id is None:
@@ -861,6 +865,22 @@ def check_same_ca(
         f"{pki.fingerprint(there)[:23]}...), which its clients trust; run from the "
         "folder whose pki/ holds that CA (or pass --pki-dir), or pass --replace-ca "
         "and then run trust-clients on every client",
+    )
+
+
+def legacy_certificate(cert_pem: str) -> str | None:
+    """A note when the certificate we replace had no IP or DNS subjectAltName."""
+    if not cert_pem:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        return None
+    if pki.cert_addresses(cert):
+        return None
+    return (
+        "replaced a certificate without subjectAltName, the cause of Go clients' "
+        "'x509: certificate relies on legacy Common Name field'"
     )
 
 

@@ -277,3 +277,28 @@ def test_new_port_taken_keeps_the_running_registry(lab: Lab, fleet: Workspace) -
     status = fleet.fab("status")
     assert "registry (running)" in status.output
     assert "ok (HTTP 200" in status.output
+
+
+def test_strict_host_keys_refuse_an_unknown_host(lab: Lab, fleet: Workspace) -> None:
+    config = fleet.folder / "strict.yaml"
+    empty = fleet.folder / "known_hosts"
+    empty.write_text("")
+    text = lab.fabric_config().read_text()
+    text = re.sub(r"known_hosts: .*", f'known_hosts: "{empty}"', text)
+    config.write_text(text + "  strict_host_keys: true\n")
+    run = fleet.fab("trust-clients", config=config)
+    assert run.code == 1
+    assert (
+        "its SSH host key is unknown and strict host key checking is on" in run.output
+    )
+    assert "recap: 2 hosts: 2 failed" in run.output
+    assert empty.read_text() == ""
+
+
+def test_debug_output_holds_no_key_material(lab: Lab, fleet: Workspace) -> None:
+    run = fleet.fab("--debug", "setup-registry", "--server-days", "300")
+    assert run.code == 0, run.output
+    assert "running registry apply" in run.output  # debug lines are there
+    for name in ("pki/ca.key", "pki/server.key"):
+        body = "".join((fleet.folder / name).read_text().splitlines()[1:-1])
+        assert body[48:96] not in run.output.replace("\n", "")
