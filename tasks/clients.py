@@ -96,20 +96,42 @@ class Registry:
     def authority(self) -> str:
         return registry_authority(self.address, self.port)
 
+    @property
+    def folder_names(self) -> list[str]:
+        """The certs.d folder names clients look up for this registry.
+
+        Always ``ADDRESS:PORT``. On 443, images may also be named without a port,
+        and docker, podman and containerd then look up the bare address.
+        """
+        names = [self.authority]
+        if self.port == 443:
+            ip = parse_ip(self.address)
+            bare = (
+                f"[{self.address}]"
+                if ip is not None and ip.version == 6
+                else self.address
+            )
+            names.append(bare)
+        return names
+
 
 def trust_files(
     registry: Registry, ca_pem: bytes, runtime: str, family: str = "debian"
 ) -> list[RemoteFile]:
     """The files that make ``runtime`` trust the registry's CA (configs aside)."""
-    authority = registry.authority
-    files = [RemoteFile(ca_file(runtime, authority, family), ca_pem, 0o644)]
-    if runtime == "containerd":
-        files.append(
-            RemoteFile(
-                hosts_toml_path(authority), hosts_toml(authority).encode(), 0o644
-            )
-        )
+    if runtime not in FOLDER_RUNTIMES:
+        return [RemoteFile(ca_file(runtime, registry.authority, family), ca_pem, 0o644)]
+    files = []
+    for name in registry.folder_names:
+        files.append(RemoteFile(ca_file(runtime, name, family), ca_pem, 0o644))
+        if runtime == "containerd":
+            toml = hosts_toml(name).encode()
+            files.append(RemoteFile(hosts_toml_path(name), toml, 0o644))
     return files
+
+
+#: Runtimes that find a registry's CA by a folder named after it.
+FOLDER_RUNTIMES = ("docker", "podman", "containerd")
 
 
 def stray_folder_patterns(registry: Registry, certs_dir: str) -> list[str]:
@@ -140,14 +162,13 @@ def chosen_runtimes(runtimes: Sequence[str]) -> tuple[str, ...]:
 def _stray_check(registry: Registry, runtime: str) -> str:
     if runtime not in ("docker", "podman"):
         return ""
-    ours_file = ca_file(runtime, registry.authority)
-    certs_dir = ours_file.rsplit("/", 2)[0]
-    ours = shlex.quote(ours_file.rsplit("/", 1)[0])
-    patterns = " ".join(stray_folder_patterns(registry, certs_dir))
-    return (
-        f'for d in {patterns}; do [ -d "$d" ] && [ "$d" != {ours} ] '
-        '&& echo "stray $d"; done\n'
+    certs_dir = ca_file(runtime, registry.authority).rsplit("/", 2)[0]
+    ours = " ".join(
+        f'&& [ "$d" != {shlex.quote(f"{certs_dir}/{name}")} ]'
+        for name in registry.folder_names
     )
+    patterns = " ".join(stray_folder_patterns(registry, certs_dir))
+    return f'for d in {patterns}; do [ -d "$d" ] {ours} && echo "stray $d"; done\n'
 
 
 def render_trust(

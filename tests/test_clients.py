@@ -27,7 +27,6 @@ REGISTRY = Registry("203.0.113.7", 5000)
     ("registry", "runtime", "path"),
     [
         (REGISTRY, "docker", "/etc/docker/certs.d/203.0.113.7:5000/ca.crt"),
-        (Registry("203.0.113.7", 443), "docker", "/etc/docker/certs.d/203.0.113.7:443/ca.crt"),
         (Registry("2001:db8::5", 5000), "docker", "/etc/docker/certs.d/[2001:db8::5]:5000/ca.crt"),
         (REGISTRY, "podman", "/etc/containers/certs.d/203.0.113.7:5000/ca.crt"),
     ],
@@ -165,3 +164,22 @@ def test_restart_needed_is_reported() -> None:
     assert (
         "containerd is not run by systemd here: restart it to apply" in outcome.details
     )
+
+
+def test_port_443_also_trusts_the_bare_address() -> None:
+    # Images named 203.0.113.7/app (port 443 implied) are looked up without a port.
+    registry = Registry("203.0.113.7", 443)
+    docker = [item.path for item in trust_files(registry, CA, "docker")]
+    assert docker == [
+        "/etc/docker/certs.d/203.0.113.7:443/ca.crt",
+        "/etc/docker/certs.d/203.0.113.7/ca.crt",
+    ]
+    containerd = [item.path for item in trust_files(registry, CA, "containerd")]
+    assert "/etc/containerd/certs.d/203.0.113.7/hosts.toml" in containerd
+    script = render_trust(registry, CA, ["docker"], dry_run=False)
+    assert '[ "$d" != /etc/docker/certs.d/203.0.113.7 ]' in script
+
+
+def test_other_ports_never_write_the_bare_folder() -> None:
+    paths = [item.path for item in trust_files(REGISTRY, CA, "podman")]
+    assert paths == ["/etc/containers/certs.d/203.0.113.7:5000/ca.crt"]
