@@ -518,11 +518,23 @@ def on_clients(run: FleetRun, *, remove: bool, dry_run: bool) -> list[Outcome]:
     def work(client: Client) -> Outcome:
         return on_client(run, client, remove=remove, dry_run=dry_run)
 
-    return fan_out(list(run.clients), work, run.fleet.workers, on_done=_progress)
+    return fan_out(
+        list(run.clients),
+        work,
+        run.fleet.workers,
+        on_done=_progress,
+        on_wait=_still_running,
+    )
 
 
 def _progress(done: int, total: int, outcome: Outcome) -> None:
     log_outcome(outcome, done, total)
+
+
+def _still_running(clients: Sequence[Client]) -> None:
+    names = ", ".join(str(client.target) for client in clients[:5])
+    more = f" and {len(clients) - 5} more" if len(clients) > 5 else ""
+    log.info("still waiting for %d hosts: %s%s", len(clients), names, more)
 
 
 def on_client(run: FleetRun, client: Client, *, remove: bool, dry_run: bool) -> Outcome:

@@ -16,7 +16,7 @@ import shlex
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -562,18 +562,33 @@ def fan_out(
     work: Callable[[T], Any],
     workers: int,
     on_done: Callable[[int, int, Any], None] | None = None,
+    on_wait: Callable[[list[T]], None] | None = None,
+    wait_seconds: float = 15.0,
 ) -> list[Any]:
     """Run ``work`` on every item with at most ``workers`` at a time, in input order.
 
     ``work`` must not raise (it returns its outcome, failures included); ``on_done``
-    sees each result as it comes, with the count done so far, for progress lines.
+    sees each result as it comes, with the count done so far, for progress lines;
+    ``on_wait`` hears which items are still running whenever none has finished for
+    ``wait_seconds``, so a slow host is named rather than waited on in silence.
     """
     results: list[Any] = [None] * len(items)
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1))) as pool:
         futures = {pool.submit(work, item): index for index, item in enumerate(items)}
-        for done, future in enumerate(as_completed(futures), start=1):
-            index = futures[future]
-            results[index] = future.result()
-            if on_done is not None:
-                on_done(done, len(items), results[index])
+        pending = set(futures)
+        done_count = 0
+        while pending:
+            finished, pending = wait(
+                pending, timeout=wait_seconds, return_when=FIRST_COMPLETED
+            )
+            if not finished and on_wait is not None:
+                on_wait(
+                    [items[futures[future]] for future in pending if future.running()]
+                )
+            for future in sorted(finished, key=futures.__getitem__):
+                done_count += 1
+                index = futures[future]
+                results[index] = future.result()
+                if on_done is not None:
+                    on_done(done_count, len(items), results[index])
     return results

@@ -152,3 +152,19 @@ def test_fan_out_keeps_input_order_and_bounds_workers() -> None:
     assert results == [i * 2 for i in range(20)]
     assert peak <= 4
     assert seen == list(range(1, 21))
+
+
+def test_fan_out_names_the_hosts_it_still_waits_for() -> None:
+    import time
+
+    waited: list[list[str]] = []
+
+    def work(item: str) -> str:
+        time.sleep(0.3 if item == "slow" else 0)
+        return item
+
+    results = fan_out(
+        ["fast", "slow"], work, 2, on_wait=waited.append, wait_seconds=0.1
+    )
+    assert results == ["fast", "slow"]
+    assert waited and all(names == ["slow"] for names in waited)
