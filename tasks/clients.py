@@ -227,11 +227,17 @@ def _render_system(registry: Registry, ca_pem: bytes, remove: bool) -> str:
 
 
 def render_untrust(
-    registry: Registry, ca_pem: bytes, runtimes: Sequence[str], dry_run: bool = False
+    registry: Registry,
+    ca_pem: bytes,
+    runtimes: Sequence[str],
+    dry_run: bool = False,
+    variants: Sequence[bytes] = (),
 ) -> str:
     """The inverse of ``render_trust``: remove what it wrote, if still unmodified.
 
-    Config files are printed for the caller to edit, like ``render_trust`` does.
+    A CA file counts as ours when it holds ``ca_pem`` or any of ``variants`` (what
+    trust-clients wrote before or during a CA rotation). Config files are printed for
+    the caller to edit, like ``render_trust`` does.
     """
     lines = [script_header(dry_run), "found=''"]
     # auto removes from every place trust-clients may have written to.
@@ -239,7 +245,9 @@ def render_untrust(
         if runtime == "system":
             lines.append(_render_system(registry, ca_pem, remove=True))
             continue
-        lines.append(render_remove_files(trust_files(registry, ca_pem, runtime)))
+        lines.append(
+            render_remove_files(trust_files(registry, ca_pem, runtime), variants)
+        )
         config = config_file(runtime)
         if config is not None and runtime != "containerd":
             quoted = shlex.quote(config)
@@ -394,6 +402,8 @@ class FleetRun:
     clients: tuple[Client, ...]
     ca_pem: bytes
     fleet: Fleet
+    #: Every CA file content trust-clients may have written (see trust_variants).
+    ca_variants: tuple[bytes, ...] = ()
 
 
 def prepare_fleet_run(
@@ -467,7 +477,9 @@ def prepare_fleet_run(
     fleet = Fleet.from_config(c.config)
     if workers is not None:
         fleet.workers = positive_int(workers, "--workers", 1000)
-    return FleetRun(Registry(address, port), clients, ca_pem, fleet)
+    return FleetRun(
+        Registry(address, port), clients, ca_pem, fleet, tuple(state.trust_variants())
+    )
 
 
 @task(help=TRUST_HELP, auto_shortflags=False)
@@ -558,7 +570,9 @@ def _on_client(
     dry_run: bool,
 ) -> Outcome:
     if remove:
-        script = render_untrust(run.registry, run.ca_pem, client.runtimes, dry_run)
+        script = render_untrust(
+            run.registry, run.ca_pem, client.runtimes, dry_run, run.ca_variants
+        )
     else:
         script = render_trust(run.registry, run.ca_pem, client.runtimes, dry_run)
     result = run_as_root(connection, script, what="untrust" if remove else "trust")

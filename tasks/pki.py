@@ -509,6 +509,12 @@ class StateFolder:
     def read_next_ca(self) -> tuple[x509.Certificate, PrivateKey] | None:
         """The next CA of a rotation in progress, or None."""
         if not self.next_cert_path.exists():
+            if self.switched_path.exists():
+                raise StateError(
+                    f"{self.next_cert_path}: missing although the registry was "
+                    "switched to it; restore pki/next/ca.crt and ca.key from your "
+                    "backup"
+                )
             return None
         cert = self._read_cert(self.next_cert_path)
         check_is_ca(cert, self.next_cert_path)
@@ -530,11 +536,17 @@ class StateFolder:
 
     def trust_bundle(self) -> bytes:
         """What clients must trust: the CA, and during a rotation the next one too."""
-        bundle = cert_pem(self.read_ca_cert())
+        return self.trust_variants()[-1]
+
+    def trust_variants(self) -> list[bytes]:
+        """Every CA file content trust-clients may have written, the one to write
+        now last: the CA alone; during a rotation also the next CA alone and both."""
+        current = cert_pem(self.read_ca_cert())
         found = self.read_next_ca()
-        if found is not None:
-            bundle += cert_pem(found[0])
-        return bundle
+        if found is None:
+            return [current]
+        upcoming = cert_pem(found[0])
+        return [current, upcoming, current + upcoming]
 
     def known_ca_fingerprints(self) -> set[str]:
         """Fingerprints of the CAs this folder holds (a registry of either is ours)."""
@@ -593,9 +605,9 @@ class StateFolder:
         Once a rotation has switched, the next CA is the one that signs.
         """
         if self.switched:
-            next_ca = self.read_next_ca()
-            assert next_ca is not None, "switched without a next CA"
-            return Issued(next_ca[0], next_ca[1], None)
+            next_ca = self.read_next_ca()  # raises when it has gone missing
+            if next_ca is not None:
+                return Issued(next_ca[0], next_ca[1], None)
         found = self.read_ca()
         if found is None:
             key = generate_key(key_type)

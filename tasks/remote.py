@@ -460,11 +460,14 @@ abort_staged() {
   staged=''
 }
 remove_file() {
-  p=$1 want=$2
+  p=$1 wants=$2
   last=unchanged
   [ -e "$p" ] || return 0
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
-  if [ -n "$want" ] && [ "$have" != "$want" ]; then echo "kept $p"; return 0; fi
+  case " $wants " in
+    *" $have "*) ;;
+    *) echo "kept $p"; return 0 ;;
+  esac
   if [ -n "$DRY_RUN" ]; then last=would-remove; echo "would-remove $p"; return 0; fi
   rm -f "$p" || return 1
   last=removed; echo "removed $p"
@@ -512,12 +515,15 @@ def render_put_together(files: Iterable[RemoteFile]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_remove_files(files: Iterable[RemoteFile]) -> str:
-    """Shell lines that remove each file if it still holds what we wrote."""
-    return "".join(
-        f"remove_file {shlex.quote(item.path)} {item.digest} || exit 1\n"
-        for item in files
-    )
+def render_remove_files(files: Iterable[RemoteFile], also: Sequence[bytes] = ()) -> str:
+    """Shell lines that remove each file if it still holds what we wrote (its own
+    content, or any of ``also``)."""
+    extra = [hashlib.sha256(content).hexdigest() for content in also]
+    lines = []
+    for item in files:
+        digests = " ".join(dict.fromkeys([item.digest, *extra]))
+        lines.append(f"remove_file {shlex.quote(item.path)} '{digests}' || exit 1\n")
+    return "".join(lines)
 
 
 def script_header(dry_run: bool) -> str:

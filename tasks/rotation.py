@@ -92,7 +92,7 @@ def rotate_ca(
     step: str,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
-    ca_days: int = pki.DEFAULT_CA_DAYS,
+    ca_days: str | None = None,
     workers: int | None = None,
 ) -> None:
     """Replace the CA in three steps; every client trusts the registry throughout.
@@ -114,9 +114,8 @@ def rotate_ca(
     state = StateFolder(Path(pki_dir))
     with state.locked():
         if step == "begin":
-            _begin(
-                c, state, inventory, positive_int(ca_days, "--ca-days", pki.MAX_DAYS)
-            )
+            days = ca_days or pki.DEFAULT_CA_DAYS
+            _begin(c, state, inventory, positive_int(days, "--ca-days", pki.MAX_DAYS))
         elif step == "switch":
             _switch(c, state, inventory, workers)
         else:
@@ -143,14 +142,19 @@ def _begin(c: Context, state: StateFolder, inventory: str | None, days: int) -> 
     )
 
 
+def _nothing_begun(state: StateFolder) -> StateError:
+    return StateError(
+        f"{state.next_dir}: no CA rotation in progress (pki/ca.crt is the CA in use); "
+        "start one with rotate-ca --step begin"
+    )
+
+
 def _switch(
     c: Context, state: StateFolder, inventory: str | None, workers: int | None
 ) -> None:
     found = state.read_next_ca()
     if found is None:
-        raise StateError(
-            f"{state.next_cert_path}: no next CA; run rotate-ca --step begin"
-        )
+        raise _nothing_begun(state)
     run = prepare_fleet_run(
         c, "rotate-ca", inventory, None, None, str(state.path), workers
     )
@@ -166,20 +170,24 @@ def _switch(
     if any(outcome.failed for outcome in checks):
         finish(checks)  # exits 1, naming the hosts to run trust-clients on
     spec, connection = open_registry(c, inventory)
+    first_time = not state.switched
     state.mark_switched()
+    # Once switched, the next CA signs: a re-run reuses its certificate.
     outcome = certify_and_deploy(
         spec,
         connection,
         state,
-        new_server_cert=True,
-        notes=["the registry now uses the next CA"],
+        new_server_cert=first_time,
+        notes=["the registry now uses the next CA"] if first_time else [],
     )
     finish([outcome], "rotate-ca --step finish, then fab trust-clients")
 
 
 def _finish(c: Context, state: StateFolder, inventory: str | None) -> None:
     found = state.read_next_ca()
-    if found is None or not state.switched:
+    if found is None:
+        raise _nothing_begun(state)
+    if not state.switched:
         raise StateError(
             f"{state.next_dir}: the registry does not use the next CA yet; run "
             "rotate-ca --step switch first"

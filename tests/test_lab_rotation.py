@@ -37,13 +37,18 @@ def test_rotate_ca_keeps_clients_pulling(lab: Lab, workspace: Workspace) -> None
 
     out_of_order = workspace.fab("rotate-ca", "--step", "finish")
     assert (
-        out_of_order.code == 1
-        and "run rotate-ca --step switch first" in out_of_order.output
+        out_of_order.code == 1 and "no CA rotation in progress" in out_of_order.output
     )
 
     begun = workspace.fab("rotate-ca", "--step", "begin")
     assert begun.code == 0, begun.output
     new_ca = (workspace.folder / "pki/next/ca.crt").read_bytes()
+    # What trust-clients wrote before the rotation is still ours to remove.
+    preview = workspace.fab("untrust-clients", "--dry-run")
+    assert "would remove" in preview.output and "kept" not in preview.output
+
+    not_yet = workspace.fab("rotate-ca", "--step", "finish")
+    assert not_yet.code == 1 and "run rotate-ca --step switch first" in not_yet.output
 
     # The switch refuses while a client does not trust the next CA.
     early = workspace.fab("rotate-ca", "--step", "switch")
@@ -59,6 +64,11 @@ def test_rotate_ca_keeps_clients_pulling(lab: Lab, workspace: Workspace) -> None
     assert switched.code == 0, switched.output
     assert "the registry now uses the next CA" in switched.output
     pull()
+    again = workspace.fab("rotate-ca", "--step", "switch")
+    assert again.code == 0 and "1 unchanged" in again.output
+    status = workspace.fab("status")
+    assert "ok (HTTP 200" in status.output  # checked against both CAs
+    assert workspace.fab("restart").code == 0
     assert (
         "unchanged" in workspace.fab("setup-registry").output
     )  # signs with the next CA
@@ -66,6 +76,8 @@ def test_rotate_ca_keeps_clients_pulling(lab: Lab, workspace: Workspace) -> None
     finished = workspace.fab("rotate-ca", "--step", "finish")
     assert finished.code == 0, finished.output
     assert (workspace.folder / "pki/ca.crt").read_bytes() == new_ca
+    twice = workspace.fab("rotate-ca", "--step", "finish")
+    assert twice.code == 1 and "no CA rotation in progress" in twice.output
     assert workspace.fab("trust-clients").code == 0
     assert trusted.read_bytes() == new_ca
     pull()
