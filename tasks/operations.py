@@ -21,7 +21,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from . import pki
-from .errors import HostError, InputError, StateError
+from .errors import HostError, StateError
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
 from .pki import StateFolder
 from .registry import (
@@ -29,10 +29,11 @@ from .registry import (
     RegistrySpec,
     certify_and_deploy,
     check_tls,
+    live_spec,
     open_registry,
     wait_for_tls,
 )
-from .remote import failure_line, host_label, run_as_root
+from .remote import failure_line, host_label, positive_int, run_as_root
 from .report import (
     CHANGED,
     UNCHANGED,
@@ -124,8 +125,9 @@ def read_status(status: Status, output: str, now: dt.datetime | None = None) -> 
     now = now or dt.datetime.now(dt.UTC)
     parts = sections(output)
     inspect = "\n".join(parts.get("container", [])).strip()
-    if inspect:
-        container = json.loads(inspect)[0]
+    containers = json.loads(inspect) if inspect else []
+    if containers:
+        container = containers[0]
         state = container.get("State") or {}
         config = container.get("Config") or {}
         status.state = state.get("Status", "unknown")
@@ -236,12 +238,13 @@ def status(
     says what fails when the check does not pass. Use --json for scripts.
     """
     spec, connection = open_registry(c, inventory)
+    spec = live_spec(connection, spec)
     state = StateFolder(Path(pki_dir))
     found = Status(host_label(connection), spec.authority, spec.container)
     ca_cert = _optional_ca(state)
     if ca_cert is not None:
         found.ca_fingerprint = pki.fingerprint(ca_cert)
-        check = check_tls(spec.address, spec.port, pki.cert_pem(ca_cert))
+        check = check_tls(spec.address, spec.port, state.trust_bundle())
         found.tls = (
             f"ok (HTTP {check.status} on /v2/)"
             if check.ok
@@ -309,7 +312,7 @@ def check_expiry(
     c: Context,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
-    days: int = pki.RENEW_DAYS,
+    days: str | None = None,
 ) -> None:
     """Report when the CA and the server certificate expire; exit 1 below --days.
 
@@ -317,27 +320,29 @@ def check_expiry(
     actually serves (a TLS handshake to ADDRESS:PORT, no SSH). Meant for cron: silent
     success is exit 0; exit 1 says what to renew (rotate-cert, or rotate-ca).
     """
-    if int(days) < 0:
-        raise InputError(f"--days {days}: give a number of days, 0 or more")
+    threshold = pki.RENEW_DAYS if days is None else positive_int(days, "--days", 36500)
     state = StateFolder(Path(pki_dir))
     ca_cert = state.read_ca_cert()
     found = [_expiry("CA (pki/ca.crt)", ca_cert)]
+    upcoming = state.read_next_ca()
+    if upcoming is not None:
+        found.append(_expiry("next CA (pki/next/ca.crt)", upcoming[0]))
     if state.server_cert_path.exists():
         server = x509.load_pem_x509_certificate(state.server_cert_path.read_bytes())
         found.append(_expiry("server certificate (pki/server.crt)", server))
     spec, _ = open_registry(c, inventory)
-    served = _served_certificate(spec, ca_cert)
+    served = _served_certificate(spec, state.trust_bundle())
     if isinstance(served, x509.Certificate):
         found.append(_expiry(f"served by {spec.authority}", served))
     else:
         found.append(Expiry(f"served by {spec.authority}", None, problem=served))
-    lines, failing = expiry_lines(found, int(days))
+    lines, failing = expiry_lines(found, threshold)
     for line in lines:
         log.info("%s", line)
     if failing:
         raise Exit(
-            f"error: a certificate expires within {days} days; run rotate-cert (server "
-            "certificate) or rotate-ca (CA)",
+            f"error: a certificate expires within {threshold} days; run rotate-cert "
+            "(server certificate) or rotate-ca (CA)",
             code=1,
         )
 
@@ -346,11 +351,9 @@ def _expiry(what: str, cert: x509.Certificate) -> Expiry:
     return Expiry(what, pki.days_left(cert), f"{cert.not_valid_after_utc:%Y-%m-%d}")
 
 
-def _served_certificate(
-    spec: RegistrySpec, ca_cert: x509.Certificate
-) -> x509.Certificate | str:
-    """The certificate the registry presents, verified against our CA only."""
-    context = ssl.create_default_context(cadata=pki.cert_pem(ca_cert).decode())
+def _served_certificate(spec: RegistrySpec, ca_pem: bytes) -> x509.Certificate | str:
+    """The certificate the registry presents, verified against our CAs only."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
     context.check_hostname = False
     try:
         with (
@@ -380,7 +383,7 @@ def rotate_cert(
     c: Context,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
-    server_days: int = pki.DEFAULT_SERVER_DAYS,
+    server_days: str | None = None,
 ) -> None:
     """Issue a new server certificate from the same CA and make the registry serve it.
 
@@ -389,8 +392,11 @@ def rotate_cert(
     TLS. To change the addresses, edit the inventory (or use setup-registry's options);
     setup-registry reissues the certificate when they change.
     """
-    if int(server_days) < 1:
-        raise InputError(f"--server-days {server_days}: give at least 1")
+    lifetime = (
+        pki.DEFAULT_SERVER_DAYS
+        if server_days is None
+        else positive_int(server_days, "--server-days", pki.MAX_DAYS)
+    )
     spec, connection = open_registry(c, inventory)
     state = StateFolder(Path(pki_dir))
     if not state.ca_cert_path.exists():
@@ -399,7 +405,7 @@ def rotate_cert(
             "setup-registry: run it from that folder, or pass --pki-dir"
         )
     outcome = certify_and_deploy(
-        spec, connection, state, server_days=int(server_days), new_server_cert=True
+        spec, connection, state, server_days=lifetime, new_server_cert=True
     )
     finish([outcome], "clients need nothing: they keep pulling")
 
@@ -425,7 +431,7 @@ def _managed_container(
         raise HostError(
             host,
             f"container {spec.container!r} was not made by this tool; leave it, or "
-            "pass --container with the name of ours",
+            "set registry.container in the inventory to the name of ours",
         )
     return container
 
@@ -440,7 +446,7 @@ LOGS_HELP = {
 @task(help=LOGS_HELP, auto_shortflags=False)
 @user_errors
 def logs(
-    c: Context, inventory: str | None = None, lines: int = 100, follow: bool = False
+    c: Context, inventory: str | None = None, lines: str = "100", follow: bool = False
 ) -> None:
     """Show the registry container's log."""
     spec, connection = open_registry(c, inventory)
@@ -448,7 +454,8 @@ def logs(
         raise HostError(
             host_label(connection), "no registry container; run setup-registry"
         )
-    command = f"docker logs --tail {int(lines)} {'--follow ' if follow else ''}"
+    count = positive_int(lines, "--lines", 1_000_000)
+    command = f"docker logs --tail {count} {'--follow ' if follow else ''}"
     prefix = "" if connection.user == "root" else "sudo "
     connection.run(
         prefix + command + shlex.quote(spec.container), pty=follow, warn=True
@@ -483,7 +490,7 @@ def restart(
             server = x509.load_pem_x509_certificate(state.server_cert_path.read_bytes())
             fingerprint = pki.fingerprint(server)
         check = wait_for_tls(
-            spec.address, spec.port, pki.cert_pem(ca_cert), fingerprint, 30
+            spec.address, spec.port, state.trust_bundle(), fingerprint, 30
         )
         if not check.ok:
             raise HostError(
@@ -513,6 +520,7 @@ def teardown(
     pki/ is never deleted: clients still trust it, and untrust-clients needs it.
     """
     spec, connection = open_registry(c, inventory)
+    spec = live_spec(connection, spec)
     host = host_label(connection)
     container = _managed_container(connection, spec)
     lines = []

@@ -13,7 +13,7 @@ import shlex
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -604,8 +604,8 @@ def setup_registry(
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
     key_type: str = pki.DEFAULT_KEY_TYPE,
-    server_days: int = pki.DEFAULT_SERVER_DAYS,
-    ca_days: int = pki.DEFAULT_CA_DAYS,
+    server_days: str | None = None,
+    ca_days: str | None = None,
     no_name_constraints: bool = False,
     replace_ca: bool = False,
 ) -> None:
@@ -625,8 +625,12 @@ def setup_registry(
         raise InputError(
             f"--key-type {key_type}: use one of {', '.join(pki.KEY_TYPES)}"
         )
-    server_days = positive_int(server_days, "--server-days", pki.MAX_DAYS)
-    ca_days = positive_int(ca_days, "--ca-days", pki.MAX_DAYS)
+    server_lifetime = positive_int(
+        server_days or pki.DEFAULT_SERVER_DAYS, "--server-days", pki.MAX_DAYS
+    )
+    ca_lifetime = positive_int(
+        ca_days or pki.DEFAULT_CA_DAYS, "--ca-days", pki.MAX_DAYS
+    )
     if container is not None:
         container = check_container_name(container, "--container")
     archive = image_archive_path(image_archive)
@@ -649,8 +653,8 @@ def setup_registry(
         connection,
         StateFolder(Path(pki_dir)),
         key_type=key_type,
-        server_days=int(server_days),
-        ca_days=int(ca_days),
+        server_days=server_lifetime,
+        ca_days=ca_lifetime,
         constrain=not no_name_constraints,
         archive=archive,
         replace_ca=replace_ca,
@@ -681,6 +685,14 @@ def certify_and_deploy(
     ``notes`` are changes the caller made on the host before, reported first.
     """
     with state.locked():
+        # The host's CA is checked before anything is made or changed here.
+        host = host_label(connection)
+        probe = parse_probe(
+            run_as_root(connection, render_probe(spec), what="registry probe").stdout
+        )
+        check_docker(probe, host)
+        known = state.known_ca_fingerprints() if state.ca_cert_path.exists() else set()
+        check_same_ca(probe, known, spec, host, replace_ca)
         ca = state.ensure_ca(
             spec.addresses, key_type=key_type, days=ca_days, constrain=constrain
         )
@@ -691,15 +703,7 @@ def certify_and_deploy(
             days=server_days,
             force=new_server_cert,
         )
-        outcome, auth = deploy_registry(
-            connection,
-            spec,
-            ca,
-            server,
-            archive,
-            replace_ca,
-            state.known_ca_fingerprints(),
-        )
+        outcome, auth = deploy_registry(connection, spec, ca, server, archive, probe)
 
     for change in (*reversed(notes), server.change, ca.change):
         if change:
@@ -748,6 +752,43 @@ def open_registry(
     return spec, fleet.connect(settings.ssh or spec.address)
 
 
+def live_spec(connection: Connection, spec: RegistrySpec) -> RegistrySpec:
+    """``spec`` with the data location the registry container really uses.
+
+    Day-two tasks act on the registry as it runs: the inventory may say otherwise
+    (setup-registry was given --data, or the file changed since).
+    """
+    name = shlex.quote(spec.container)
+    result = run_as_root(
+        connection,
+        f"timeout 30 docker container inspect --format '{{{{json .Mounts}}}}' {name} "
+        "2>/dev/null\n",
+        what="inspect mounts",
+    )
+    lines = result.stdout.strip().splitlines()
+    if not result.ok or not lines:
+        return spec
+    try:
+        mounts = json.loads(lines[-1]) or []
+    except ValueError:
+        return spec
+    for mount in mounts:
+        if mount.get("Destination") != "/var/lib/registry":
+            continue
+        data = (
+            mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
+        )
+        if data and data != spec.data:
+            log.info(
+                "%s: the registry keeps its data in %s (not %s): acting on that",
+                host_label(connection),
+                data,
+                spec.data,
+            )
+            return replace(spec, data=data)
+    return spec
+
+
 def check_host_is_registry(
     host: str, settings: RegistrySettings, spec: RegistrySpec, book: Inventory
 ) -> None:
@@ -784,22 +825,15 @@ def deploy_registry(
     ca: pki.Issued,
     server: pki.Issued,
     archive: Path | None,
-    replace_ca: bool = False,
-    known_cas: set[str] | None = None,
+    probe: Probe,
 ) -> tuple[Outcome, bool]:
     """Bring the registry host to the wanted state and prove it serves TLS.
 
+    ``probe`` is what the host looked like, already checked (docker, its CA).
     Returns the outcome and whether the registry asks for a login.
     """
     host = host_label(connection)
-    probe = parse_probe(
-        run_as_root(connection, render_probe(spec), what="registry probe").stdout
-    )
     details: list[str] = []
-    check_docker(probe, host)
-    check_same_ca(
-        probe, known_cas or {pki.fingerprint(ca.cert)}, spec, host, replace_ca
-    )
     for note in (data_moved(probe.container, spec), legacy_certificate(probe.cert_pem)):
         if note:
             details.append(note)
@@ -849,7 +883,8 @@ def check_same_ca(
 ) -> None:
     """Refuse to put a registry of another CA where clients trust the one there.
 
-    ``known`` holds the fingerprints of our CAs (two during a rotation).
+    ``known`` holds the fingerprints of our CAs: two during a rotation, none before
+    this folder has made one (then any CA on the host is another's).
     """
     if not probe.ca_pem or replace_ca:
         return

@@ -19,11 +19,16 @@ from pathlib import Path
 from fabric import Connection, task
 from invoke.context import Context
 
-from . import pki
 from .errors import HostError, InputError
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
 from .pki import StateFolder
-from .registry import MANAGED_LABEL, RegistrySpec, open_registry, wait_for_tls
+from .registry import (
+    MANAGED_LABEL,
+    RegistrySpec,
+    live_spec,
+    open_registry,
+    wait_for_tls,
+)
 from .remote import failure_line, host_label, run_as_root
 from .report import (
     CHANGED,
@@ -61,11 +66,18 @@ label=$(docker container inspect --format \\
 [ "$label" = true ] || {{ echo "no registry container made by this tool" >&2; exit 3; }}
 {work}
 """
+    lock = shlex.quote(f"/run/ip-registry-{spec.container}.lock")
     return f"""
 label=$(docker container inspect --format \\
   '{{{{index .Config.Labels "{MANAGED_LABEL}"}}}}' {name} 2>/dev/null)
 [ "$label" = true ] || {{ echo "no registry container made by this tool" >&2; exit 3; }}
+exec 9>{lock}
+if ! flock -n 9; then
+  echo "another backup, restore or garbage-collect is running on this registry" >&2
+  exit 6
+fi
 running=$(docker container inspect --format '{{{{.State.Running}}}}' {name})
+echo "was-running $running"
 [ "$running" = true ] && docker stop {name} >/dev/null
 (
 {work}
@@ -121,6 +133,7 @@ def garbage_collect(
     would go and keeps the registry running.
     """
     spec, connection = open_registry(c, inventory)
+    spec = live_spec(connection, spec)
     host = host_label(connection)
     script = render_garbage_collect(spec, dry_run, delete_untagged)
     result = run_as_root(connection, script, what="garbage-collect")
@@ -183,7 +196,12 @@ fi
 if [ -d "$staging/auth" ]; then
   mkdir -p {shlex.quote(spec.auth_dir)}
   for f in "$staging"/auth/*; do
-    [ -f "$f" ] && mv -f "$f" {shlex.quote(spec.auth_dir)}/ && echo "restored users"
+    [ -f "$f" ] || continue
+    old={shlex.quote(spec.auth_dir)}/$(basename "$f")
+    if [ -f "$old" ] && ! cmp -s "$f" "$old"; then
+      cp -p "$old" "$old.{aside}" && echo "kept the previous users as $old.{aside}"
+    fi
+    mv -f "$f" {shlex.quote(spec.auth_dir)}/ && echo "restored users"
   done
 fi
 rm -rf "$staging"
@@ -238,30 +256,42 @@ def backup(c: Context, inventory: str | None = None, output: str | None = None) 
     file is 0600 (it holds password hashes) and appears only once complete.
     """
     spec, connection = open_registry(c, inventory)
+    spec = live_spec(connection, spec)
     host = host_label(connection)
     target = Path(output or default_backup_name(spec))
     if target.exists():
         raise InputError(f"--output {target}: already exists; pick another name")
     if not target.parent.is_dir():
         raise InputError(f"--output {target}: no such folder {target.parent}")
-    remote = _remote_temp(connection)
+    # Before the registry stops for the archive: can the file be written here at all?
     try:
-        result = run_as_root(connection, render_backup(spec, remote), what="backup")
-        if not result.ok:
-            raise HostError(host, f"backup failed: {failure_line(result)}")
         handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(handle)
-        os.chmod(partial, 0o600)
+    except OSError as exc:
+        raise InputError(
+            f"--output {target}: cannot write in {target.parent} ({exc.strerror}); "
+            "pick a writable folder"
+        ) from None
+    os.close(handle)
+    os.chmod(partial, 0o600)
+    try:
+        remote = _remote_temp(connection)
         try:
+            result = run_as_root(connection, render_backup(spec, remote), what="backup")
+            if not result.ok:
+                raise HostError(host, f"backup failed: {failure_line(result)}")
             connection.sftp().get(
                 remote, partial, callback=progress_printer(host, "download")
             )
             os.replace(partial, target)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
+            run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")
+    except OSError as exc:
+        raise HostError(
+            host, f"the download to {target} failed: {exc.strerror or exc}"
+        ) from None
     finally:
-        run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
     size = target.stat().st_size
     outcome = Outcome(host, CHANGED, [f"wrote {target} ({size_text(size)})"])
     log_outcome(outcome)
@@ -293,6 +323,7 @@ def restore(
     if not source.is_file():
         raise InputError(f"--archive {archive}: no such file")
     spec, connection = open_registry(c, inventory)
+    spec = live_spec(connection, spec)
     host = host_label(connection)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     remote = _remote_temp(connection)
@@ -306,17 +337,22 @@ def restore(
     finally:
         run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")
     if not result.ok:
-        reason = {3: "", 5: f"{archive} is not a backup made by this tool: "}
+        reason = {
+            5: f"{archive} is not a backup made by this tool: ",
+            6: "",
+        }
         raise HostError(
             host,
             f"restore failed: {reason.get(result.exited, '')}{failure_line(result)}",
         )
+    said = result.stdout.splitlines()
     details = [f"restored {source.name}"]
-    details += [line for line in result.stdout.splitlines() if line.startswith("kept")]
+    details += [line for line in said if line.startswith(("kept", "restored users"))]
     state = StateFolder(Path(pki_dir))
-    if state.ca_cert_path.exists():
-        ca_pem = pki.cert_pem(state.read_ca_cert())
-        check = wait_for_tls(spec.address, spec.port, ca_pem, None, 30)
+    if "was-running true" not in said:
+        details.append("the registry was stopped before and stays so: fab restart")
+    elif state.ca_cert_path.exists():
+        check = wait_for_tls(spec.address, spec.port, state.trust_bundle(), None, 30)
         if not check.ok:
             raise HostError(
                 host, f"after the restore, the TLS check failed: {check.problem}"

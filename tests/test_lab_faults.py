@@ -255,6 +255,9 @@ def test_registry_of_another_ca_is_not_replaced_silently(
     assert run.code == 1
     assert "its registry was set up with another CA" in run.output
     assert "--replace-ca" in run.output
+    assert not (
+        stranger.folder / "pki" / "ca.crt"
+    ).exists()  # refused before making one
     pulled = run_on(
         lab, "client1", f"docker pull {lab.host('registry').address}:5000/none:1"
     )
