@@ -41,6 +41,8 @@ def setup_logging() -> None:
     """Send our messages to standard output; debug lines when Fabric's --debug is on."""
     if log.handlers:
         return
+    # `fab ... | head` closes the pipe early: that is not an error to report.
+    logging.raiseExceptions = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)

@@ -29,7 +29,7 @@ from .remote import (
     run_as_root,
     script_header,
 )
-from .report import finish, user_errors
+from .report import finish, log, user_errors
 
 #: bcrypt's cost: every request to the registry checks the password, so this trades
 #: a little brute-force resistance for pulls that do not crawl.
@@ -48,8 +48,14 @@ def check_user_name(name: str) -> str:
     return name
 
 
-def parse_htpasswd(text: str, where: str) -> dict[str, str]:
-    """Read ``user:hash`` lines, refusing any hash the registry would reject."""
+def parse_htpasswd(
+    text: str, where: str, changing: str | None = None
+) -> dict[str, str]:
+    """Read ``user:hash`` lines, refusing any hash the registry would reject.
+
+    The line of ``changing``, the user being set or removed, may be one: it is about
+    to be replaced, which is the fix.
+    """
     users: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
@@ -57,7 +63,7 @@ def parse_htpasswd(text: str, where: str) -> dict[str, str]:
         name, separator, hashed = line.partition(":")
         if not separator:
             raise InputError(f"{where} line {number}: not a user:hash line; fix it")
-        if not hashed.startswith(BCRYPT_PREFIXES):
+        if not hashed.startswith(BCRYPT_PREFIXES) and name != changing:
             raise InputError(
                 f"{where} line {number}: user {name!r} has a non-bcrypt hash, which "
                 "the registry rejects; set the password again with add-user"
@@ -77,6 +83,8 @@ def hash_password(password: str) -> str:
 
 
 def password_matches(password: str, hashed: str) -> bool:
+    if not hashed.startswith(BCRYPT_PREFIXES):
+        return False
     candidate = "$2b$" + hashed[4:] if hashed.startswith("$2y$") else hashed
     return bcrypt.checkpw(password.encode(), candidate.encode())
 
@@ -92,8 +100,14 @@ def read_password(password_file: str | None, name: str) -> str:
             ) from None
         password = lines[0] if lines else ""
     else:
-        password = getpass.getpass(f"password for {name}: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass(f"password for {name}: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            raise InputError(
+                f"no terminal to ask the password for {name}; pass --password-file FILE"
+            ) from None
+        if again != password:
             raise InputError("the two passwords differ; run add-user again")
     if len(password) < 8:
         raise InputError(f"the password for {name} is shorter than 8 characters")
@@ -102,7 +116,9 @@ def read_password(password_file: str | None, name: str) -> str:
     return password
 
 
-def _read_users(connection: Connection, spec: RegistrySpec) -> dict[str, str] | None:
+def _read_users(
+    connection: Connection, spec: RegistrySpec, changing: str
+) -> dict[str, str] | None:
     """The users file on the host; None when there is none (no login asked)."""
     path = shlex.quote(spec.htpasswd_path)
     result = run_as_root(
@@ -118,7 +134,7 @@ def _read_users(connection: Connection, spec: RegistrySpec) -> dict[str, str] | 
     state, _, text = result.stdout.partition("\n")
     if state.strip() == "absent":
         return None
-    return parse_htpasswd(text, f"{host}: {spec.htpasswd_path}")
+    return parse_htpasswd(text, f"{host}: {spec.htpasswd_path}", changing)
 
 
 def _write_users(
@@ -199,7 +215,9 @@ def _change_user(
             f"{state.ca_cert_path}: no CA here; run setup-registry first, from "
             "this folder or with --pki-dir"
         )
-    users = _read_users(connection, spec) or {}
+    users = _read_users(connection, spec, name) or {}
+    if remove and name not in users:
+        log.info("%s: no user %s to remove", spec.authority, name)
     note = _apply_change(users, name, password)
     if note is not None:
         _write_users(connection, spec, users)
