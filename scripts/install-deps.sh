@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   openssh-server openssh-client iproute2 iptables openssl curl ca-certificates
   docker.io docker-registry skopeo podman containerd sudo
+  rootlesskit uidmap slirp4netns
 )
 
 missing=()

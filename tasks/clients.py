@@ -14,7 +14,7 @@ import binascii
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fabric import Connection, task
@@ -28,7 +28,13 @@ from .addresses import (
     split_authority,
 )
 from .errors import HostError, InputError
-from .inventory import AUTO, DEFAULT_INVENTORY, Client, RegistrySettings
+from .inventory import (
+    AUTO,
+    DEFAULT_INVENTORY,
+    Client,
+    RegistrySettings,
+    check_user_names,
+)
 from .options import (
     DEFAULT_PKI_DIR,
     HELP_INVENTORY,
@@ -49,6 +55,7 @@ from .remote import (
     failure_line,
     fan_out,
     positive_int,
+    render_as_user,
     render_put_files,
     render_remove_files,
     run_as_root,
@@ -68,6 +75,7 @@ from .report import (
 from .runtimes import (
     AUTO_DETECTED,
     DETECT,
+    ROOTLESS_DOCKER_CERTS,
     RUNTIMES,
     SERVICES,
     SYSTEM_STORES,
@@ -159,6 +167,54 @@ def chosen_runtimes(runtimes: Sequence[str]) -> tuple[str, ...]:
     return tuple(runtime for runtime in RUNTIMES if runtime in runtimes)
 
 
+def rootless_files(registry: Registry, ca_pem: bytes) -> list[RemoteFile]:
+    """The CA files a rootless Docker user gets, relative to their home (``~/``)."""
+    return [
+        RemoteFile(f"{ROOTLESS_DOCKER_CERTS}/{name}/ca.crt", ca_pem, 0o644)
+        for name in registry.folder_names
+    ]
+
+
+def render_check_users(users: Sequence[str]) -> str:
+    """Stop before any change when a rootless user or ``runuser`` is missing."""
+    if not users:
+        return ""
+    names = " ".join(shlex.quote(user) for user in users)
+    return (
+        f"for u in {names}; do\n"
+        '  getent passwd "$u" >/dev/null || { echo "no user $u on this host;" '
+        '"create it, or remove it from rootless_users" >&2; exit 1; }\n'
+        "done\n"
+        "command -v runuser >/dev/null 2>&1 || { echo 'runuser is missing: install "
+        "util-linux, which rootless_users needs' >&2; exit 1; }\n"
+    )
+
+
+def render_rootless(
+    registry: Registry,
+    ca_pem: bytes,
+    users: Sequence[str],
+    dry_run: bool,
+    remove: bool = False,
+    variants: Sequence[bytes] = (),
+) -> str:
+    """Install (or remove) the CA in each rootless Docker user's certs.d, as them."""
+    lines = []
+    files = rootless_files(registry, ca_pem)
+    for number, user in enumerate(users):
+        if remove:
+            body = render_remove_files(files, variants)
+            # A user who is gone has nothing of ours left to remove.
+            lines.append(f"if getent passwd {shlex.quote(user)} >/dev/null; then")
+        else:
+            body = render_put_files(files)
+            lines.append(f"echo 'runtime docker (rootless, {user})'; found=1")
+        lines.append(render_as_user(user, body, dry_run, f"AS_USER_{number}_END"))
+        if remove:
+            lines.append("fi")
+    return "\n".join(lines) + "\n"
+
+
 def _stray_check(registry: Registry, runtime: str) -> str:
     if runtime not in ("docker", "podman"):
         return ""
@@ -172,11 +228,15 @@ def _stray_check(registry: Registry, runtime: str) -> str:
 
 
 def render_trust(
-    registry: Registry, ca_pem: bytes, runtimes: Sequence[str], dry_run: bool
+    registry: Registry,
+    ca_pem: bytes,
+    runtimes: Sequence[str],
+    dry_run: bool,
+    rootless_users: Sequence[str] = (),
 ) -> str:
     """The one script that installs the CA for the client's runtimes."""
     auto = AUTO in runtimes
-    lines = [script_header(dry_run), "found=''"]
+    lines = [script_header(dry_run), render_check_users(rootless_users), "found=''"]
     for runtime in chosen_runtimes(runtimes):
         if runtime == "system":
             lines.append(_render_system(registry, ca_pem, remove=False))
@@ -194,6 +254,7 @@ def render_trust(
                 'echo "version containerd $(containerd --version 2>/dev/null)"'
             )
         lines.append("fi")
+    lines.append(render_rootless(registry, ca_pem, rootless_users, dry_run))
     lines.append("[ -n \"$found\" ] || echo 'runtime none'")
     return "\n".join(lines) + "\n"
 
@@ -232,6 +293,7 @@ def render_untrust(
     runtimes: Sequence[str],
     dry_run: bool = False,
     variants: Sequence[bytes] = (),
+    rootless_users: Sequence[str] = (),
 ) -> str:
     """The inverse of ``render_trust``: remove what it wrote, if still unmodified.
 
@@ -252,6 +314,11 @@ def render_untrust(
         if config is not None and runtime != "containerd":
             quoted = shlex.quote(config)
             lines.append(f"[ -f {quoted} ] && show_file {runtime} {quoted}")
+    lines.append(
+        render_rootless(
+            registry, ca_pem, rootless_users, dry_run, remove=True, variants=variants
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -385,6 +452,9 @@ TRUST_HELP = {
     "runtimes": "Comma-separated runtimes to trust on every client, from "
     f"{', '.join((AUTO, *RUNTIMES))}; default: per client from the inventory, "
     "else auto.",
+    "rootless_users": "Comma-separated users whose rootless Docker gets the CA in "
+    "~/.config/docker/certs.d, on every client; default: per client from the "
+    "inventory's rootless_users, else none.",
     "pki_dir": HELP_PKI_DIR,
     "dry_run": "Show per host what would change, and change nothing.",
     "workers": f"How many hosts to work on at once; default: {DEFAULT_WORKERS}.",
@@ -414,6 +484,7 @@ def prepare_fleet_run(
     runtimes: str | None,
     pki_dir: str,
     workers: int | None,
+    rootless_users: str | None = None,
 ) -> FleetRun | None:
     """Load and check everything; None when an earlier -H call did the work already."""
     if task_name in _ran:
@@ -464,9 +535,11 @@ def prepare_fleet_run(
         where = book.path if book else "the inventory"
         raise InputError(f"no clients: list them under 'clients' in {where} or pass -H")
     if override is not None:
-        clients = tuple(
-            Client(target=client.target, runtimes=tuple(override)) for client in clients
-        )
+        clients = tuple(replace(client, runtimes=tuple(override)) for client in clients)
+    users = split_list(rootless_users, "--rootless-users")
+    if users is not None:
+        chosen = check_user_names(users, "--rootless-users")
+        clients = tuple(replace(client, rootless_users=chosen) for client in clients)
 
     for client in clients:
         refuse_example_address(client.target.host, f"client {client.target}")
@@ -489,6 +562,7 @@ def trust_clients(
     inventory: str | None = None,
     registry: str | None = None,
     runtimes: str | None = None,
+    rootless_users: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
     dry_run: bool = False,
     workers: int | None = None,
@@ -502,13 +576,21 @@ def trust_clients(
     /etc/containers/certs.d, containerd /etc/containerd/certs.d (ca.crt and
     hosts.toml, and config_path in config.toml), k3s/rke2 registries.yaml (merged),
     buildkit /etc/buildkit/buildkitd.toml, system the OS trust store. BuildKit and the
-    OS store are only done when listed. containerd, k3s and rke2 are restarted only
+    OS store are only done when listed. Rootless Docker users (rootless_users) get it
+    in ~/.config/docker/certs.d, written as that user. containerd, k3s and rke2 are restarted only
     when their config changed. Files are written atomically and only when they
     differ. Hosts run in parallel; a failed host does not stop the others, and the
     task exits 1 at the end if any failed. Safe to re-run. Inverse: untrust-clients.
     """
     run = prepare_fleet_run(
-        c, "trust-clients", inventory, registry, runtimes, pki_dir, workers
+        c,
+        "trust-clients",
+        inventory,
+        registry,
+        runtimes,
+        pki_dir,
+        workers,
+        rootless_users,
     )
     if run is None:
         return
@@ -571,10 +653,17 @@ def _on_client(
 ) -> Outcome:
     if remove:
         script = render_untrust(
-            run.registry, run.ca_pem, client.runtimes, dry_run, run.ca_variants
+            run.registry,
+            run.ca_pem,
+            client.runtimes,
+            dry_run,
+            run.ca_variants,
+            client.rootless_users,
         )
     else:
-        script = render_trust(run.registry, run.ca_pem, client.runtimes, dry_run)
+        script = render_trust(
+            run.registry, run.ca_pem, client.runtimes, dry_run, client.rootless_users
+        )
     result = run_as_root(connection, script, what="untrust" if remove else "trust")
     if not result.ok:
         verb = "remove" if remove else "install"
@@ -667,6 +756,7 @@ def untrust_clients(
     inventory: str | None = None,
     registry: str | None = None,
     runtimes: str | None = None,
+    rootless_users: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
     dry_run: bool = False,
     workers: int | None = None,
@@ -676,12 +766,20 @@ def untrust_clients(
     Deletes each CA file and hosts.toml trust-clients wrote, only if it still holds
     what we wrote (a file someone changed is kept and reported), and its folder when
     that leaves it empty; removes the registry's entry from k3s/rke2 registries.yaml
-    and buildkitd.toml, keeping every other entry; removes the CA from the OS store.
+    and buildkitd.toml, keeping every other entry; removes the CA from the OS store
+    and from the rootless Docker users' folders.
     containerd's config_path stays, as other registries may rely on it. Same hosts and
     options as trust-clients. Safe to re-run.
     """
     run = prepare_fleet_run(
-        c, "untrust-clients", inventory, registry, runtimes, pki_dir, workers
+        c,
+        "untrust-clients",
+        inventory,
+        registry,
+        runtimes,
+        pki_dir,
+        workers,
+        rootless_users,
     )
     if run is None:
         return

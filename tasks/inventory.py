@@ -43,8 +43,11 @@ REGISTRY_KEYS = (
     "remote_dir",
     "container",
 )
-CLIENT_KEYS = ("host", "runtimes")
-TOP_KEYS = ("registry", "clients", "runtimes")
+CLIENT_KEYS = ("host", "runtimes", "rootless_users")
+TOP_KEYS = ("registry", "clients", "runtimes", "rootless_users")
+
+#: A login name as useradd accepts it on the common distributions.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Client:
 
     target: SshTarget
     runtimes: tuple[str, ...] = (AUTO,)
+    #: Users whose rootless Docker gets the CA in ~/.config/docker/certs.d.
+    rootless_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,11 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     _check_keys(document, TOP_KEYS, name, "")
 
     default_runtimes = _runtimes(document.get("runtimes", [AUTO]), name, "runtimes")
+    default_users = check_user_names(
+        document.get("rootless_users", []), f"{name}: rootless_users"
+    )
     registry = _registry(document.get("registry", {}), name)
-    clients = _clients(document.get("clients"), default_runtimes, name)
+    clients = _clients(document.get("clients"), default_runtimes, default_users, name)
     return Inventory(path=path, registry=registry, clients=clients)
 
 
@@ -201,7 +209,10 @@ def _registry(section: object, name: str) -> RegistrySettings:
 
 
 def _clients(
-    section: object, default_runtimes: tuple[str, ...], name: str
+    section: object,
+    default_runtimes: tuple[str, ...],
+    default_users: tuple[str, ...],
+    name: str,
 ) -> tuple[Client, ...]:
     if section is None:
         return ()
@@ -229,9 +240,15 @@ def _clients(
                 name,
                 f"clients[{index}].runtimes",
             )
+            users = (
+                check_user_names(entry["rootless_users"], f"{where}.rootless_users")
+                if "rootless_users" in entry
+                else default_users
+            )
         else:
             target = parse_ssh_target(entry, where)
             runtimes = default_runtimes
+            users = default_users
         identity = (target.host, target.port)
         if identity in seen:
             raise InputError(
@@ -239,8 +256,33 @@ def _clients(
                 "keep one entry"
             )
         seen[identity] = index
-        clients.append(Client(target=target, runtimes=runtimes))
+        clients.append(Client(target, runtimes, users))
     return tuple(clients)
+
+
+def check_user_names(value: object, where: str) -> tuple[str, ...]:
+    """Validate a list of login names (of rootless Docker users)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise InputError(
+            f"{where}: expected a list of user names, not a {_type_name(value)}"
+        )
+    users: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not USER_NAME.fullmatch(item):
+            raise InputError(
+                f"{where}: {_shorten(repr(item))} is not a user name; use lowercase "
+                "letters, digits, '_', '.' and '-', starting with a letter or '_'"
+            )
+        if item == "root":
+            raise InputError(
+                f"{where}: root runs the system Docker, not a rootless one; remove "
+                "root and use the docker runtime"
+            )
+        if item not in users:
+            users.append(item)
+    return tuple(users)
 
 
 def _runtimes(value: object, name: str, key: str) -> tuple[str, ...]:

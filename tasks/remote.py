@@ -484,6 +484,14 @@ show_file() {
 """
 
 
+def quote_path(path: str) -> str:
+    """``path`` quoted for the shell; a leading ``~/`` stays ``$HOME``, which scripts
+    run for another user (``render_as_user``) set to that user's home."""
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
 def render_put_files(files: Iterable[RemoteFile]) -> str:
     """Shell lines that make each file exactly so (use after ``FILE_FUNCTIONS``)."""
     lines: list[str] = []
@@ -491,7 +499,7 @@ def render_put_files(files: Iterable[RemoteFile]) -> str:
         encoded = base64.encodebytes(item.content).decode("ascii")
         marker = f"CONTENT_{number}_END"
         lines.append(
-            f"put_file {shlex.quote(item.path)} {item.mode:o} {item.digest}"
+            f"put_file {quote_path(item.path)} {item.mode:o} {item.digest}"
             f" <<'{marker}' || exit 1\n{encoded}{marker}"
         )
     return "\n".join(lines) + "\n"
@@ -508,7 +516,7 @@ def render_put_together(files: Iterable[RemoteFile]) -> str:
         encoded = base64.encodebytes(item.content).decode("ascii")
         marker = f"CONTENT_{number}_END"
         lines.append(
-            f"stage_file {shlex.quote(item.path)} {item.mode:o} {item.digest}"
+            f"stage_file {quote_path(item.path)} {item.mode:o} {item.digest}"
             f" <<'{marker}' || {{ abort_staged; exit 1; }}\n{encoded}{marker}"
         )
     lines.append("commit_staged || { abort_staged; exit 1; }")
@@ -522,8 +530,25 @@ def render_remove_files(files: Iterable[RemoteFile], also: Sequence[bytes] = ())
     lines = []
     for item in files:
         digests = " ".join(dict.fromkeys([item.digest, *extra]))
-        lines.append(f"remove_file {shlex.quote(item.path)} '{digests}' || exit 1\n")
+        lines.append(f"remove_file {quote_path(item.path)} '{digests}' || exit 1\n")
     return "".join(lines)
+
+
+def render_as_user(user: str, body: str, dry_run: bool, marker: str) -> str:
+    """Shell lines that run file-script ``body`` as ``user``, ``$HOME`` their home.
+
+    Writing as the user rather than as root means that a link planted in their home
+    cannot turn our write into one somewhere else, and what we create is theirs.
+    ``marker`` ends the here-document and must not occur in ``body``.
+    """
+    assert marker not in body, marker
+    name = shlex.quote(user)
+    return (
+        f"home=$(getent passwd {name} | cut -d: -f6)\n"
+        f"( cd / && runuser -u {name} -- /bin/sh -s -- \"$home\" <<'{marker}' )"
+        " || exit 1\n"
+        f"HOME=$1\n{script_header(dry_run)}{body}{marker}\n"
+    )
 
 
 def script_header(dry_run: bool) -> str:

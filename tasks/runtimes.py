@@ -27,6 +27,9 @@ CONTAINERS_CERTS = "/etc/containers/certs.d"
 CONTAINERD_CERTS = "/etc/containerd/certs.d"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 BUILDKIT_CERTS = "/etc/buildkit/certs.d"
+#: Where rootless Docker reads registry CAs: ``$XDG_CONFIG_HOME/docker/certs.d``, and
+#: XDG_CONFIG_HOME is ~/.config unless the user's session sets it otherwise.
+ROOTLESS_DOCKER_CERTS = "~/.config/docker/certs.d"
 BUILDKIT_CONFIG = "/etc/buildkit/buildkitd.toml"
 RANCHER = {"k3s": "/etc/rancher/k3s", "rke2": "/etc/rancher/rke2"}
 SYSTEM_STORES = {

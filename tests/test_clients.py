@@ -15,6 +15,7 @@ from tasks.clients import (
     render_config_writes,
     render_trust,
     render_untrust,
+    rootless_files,
     trust_files,
 )
 from tasks.report import CHANGED, FAILED, UNCHANGED, WOULD_CHANGE
@@ -183,3 +184,32 @@ def test_port_443_also_trusts_the_bare_address() -> None:
 def test_other_ports_never_write_the_bare_folder() -> None:
     paths = [item.path for item in trust_files(REGISTRY, CA, "podman")]
     assert paths == ["/etc/containers/certs.d/203.0.113.7:5000/ca.crt"]
+
+
+def test_rootless_docker_ca_goes_to_the_users_config_home() -> None:
+    (only,) = rootless_files(REGISTRY, CA)
+    assert only.path == "~/.config/docker/certs.d/203.0.113.7:5000/ca.crt"
+    on_443 = [item.path for item in rootless_files(Registry("203.0.113.7", 443), CA)]
+    assert on_443 == [
+        "~/.config/docker/certs.d/203.0.113.7:443/ca.crt",
+        "~/.config/docker/certs.d/203.0.113.7/ca.crt",
+    ]
+
+
+def test_rootless_users_are_checked_before_anything_is_written() -> None:
+    script = render_trust(REGISTRY, CA, ["docker"], False, rootless_users=["ci"])
+    check = script.index('getent passwd "$u"')
+    assert check < script.index("\nput_file ")
+    # The user's file is written by the user, into their own home.
+    assert "runuser -u ci -- /bin/sh -s" in script
+    assert '"$HOME"/.config/docker/certs.d/203.0.113.7:5000/ca.crt' in script
+    assert "echo 'runtime docker (rootless, ci)'" in script
+
+
+def test_untrust_skips_users_the_host_does_not_have() -> None:
+    script = render_untrust(REGISTRY, CA, ["docker"], rootless_users=["ci"])
+    assert "if getent passwd ci >/dev/null; then" in script
+    assert 'remove_file "$HOME"/.config/docker/certs.d/203.0.113.7:5000/ca.crt' in (
+        script
+    )
+    assert "no user" not in script  # nothing to remove is not an error

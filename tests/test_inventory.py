@@ -85,6 +85,11 @@ def test_ipv6_and_names() -> None:
         ("registry: {address: 203.0.113.10, remote_dir: relative}\n", "must be an absolute path"),
         ("registry: {address: 203.0.113.10, remote_dir: /etc}\n", "is a system folder"),
         ("registry: 203.0.113.10\n", "'registry' must be a mapping"),
+        ("registry: {address: 203.0.113.10}\nrootless_users: [Alice]\n", "rootless_users: 'Alice' is not a user name"),
+        ("registry: {address: 203.0.113.10}\nrootless_users: {a: b}\n", "expected a list of user names, not a dict"),
+        ("registry: {address: 203.0.113.10}\nclients: [{host: a.example, rootless_users: [root]}]\n", "clients[0].rootless_users: root runs the system Docker"),
+        ("registry: {address: 203.0.113.10}\nclients: [{host: a.example, rootless_users: ['a;rm -rf /']}]\n", "is not a user name"),
+        ("registry: {address: 203.0.113.10}\nclients: [{host: a.example, rootles_users: [ci]}]\n", "did you mean 'rootless_users'?"),
     ],
 )  # fmt: skip
 def test_bad_inventory_gets_one_clear_line(text: str, message: str) -> None:
@@ -152,3 +157,17 @@ def test_any_text_loads_or_gives_our_error(text: str) -> None:
         parse_inventory(text, Path("inv.yaml"))
     except InputError as exc:
         assert str(exc).startswith("inv.yaml")
+
+
+def test_rootless_users_default_for_all_clients_and_per_client() -> None:
+    book = parse_inventory(
+        "registry: {address: 203.0.113.10}\nrootless_users: [ci]\n"
+        "clients:\n  - 203.0.113.21\n"
+        "  - {host: 203.0.113.22, rootless_users: [alice, bob, alice]}\n"
+        "  - {host: 203.0.113.23, rootless_users: []}\n"
+    )
+    assert [client.rootless_users for client in book.clients] == [
+        ("ci",),
+        ("alice", "bob"),
+        (),
+    ]

@@ -1,7 +1,8 @@
 """Trust on every kind of client, in the lab, with the real runtimes Debian ships.
 
 containerd (a real ``ctr`` pull that reads hosts.toml), podman and skopeo (through
-/etc/containers/certs.d), the OS trust store (curl without --cacert); k3s is not in
+/etc/containers/certs.d), the OS trust store (curl without --cacert), a user's rootless
+Docker (through ~/.config/docker/certs.d); k3s is not in
 Debian, so its registries.yaml is checked by parsing what we wrote. Each pull fails with
 x509 before trust-clients, succeeds after, and fails again after untrust-clients.
 """
@@ -213,3 +214,105 @@ def test_k3s_registries_yaml_merge(
     )
     assert YAML(typ="safe").load(config.read_text()) == YAML(typ="safe").load(original)
     config.unlink()
+
+
+ROOTLESS_USER = "reglabrootless"
+
+
+@pytest.fixture
+def rootless_docker(lab: Lab) -> Iterator[str]:
+    """A rootless Docker of ROOTLESS_USER on client2; yields its DOCKER_HOST."""
+    lab.ensure_user(ROOTLESS_USER)
+    docker_host = lab.start_rootless_docker("client2", ROOTLESS_USER)
+    yield docker_host
+    lab.stop_rootless_docker("client2", ROOTLESS_USER)
+
+
+def test_rootless_docker_trust_and_untrust(
+    lab: Lab, workspace: Workspace, registry: str, rootless_docker: str
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2")
+    user = ROOTLESS_USER
+    pull = (
+        f"cd / && runuser -u {user} -- env DOCKER_HOST={rootless_docker} "
+        f"docker pull {registry}"
+    )
+    refused = run_on(lab, "client2", pull)
+    assert refused.returncode != 0
+    assert "certificate signed by unknown authority" in refused.stderr
+
+    # A link the user made from ~/.config/docker to a root-owned folder: the write
+    # goes as the user, so it cannot land in /etc/docker.
+    home = client.files / "home" / user
+    link = home / ".config/docker"
+    aside = home / ".config/docker.aside"
+    link.parent.mkdir(exist_ok=True)
+    made_by_dockerd = link.exists()
+    if made_by_dockerd:
+        link.rename(aside)
+    link.symlink_to("/etc/docker")
+    workspace.write_inventory(
+        {
+            "registry": {"address": address},
+            "clients": [
+                {
+                    "host": client.address,
+                    "runtimes": ["podman"],
+                    "rootless_users": [user],
+                },
+                {"host": lab.host("client1").address, "rootless_users": ["nosuchuser"]},
+            ],
+        }
+    )
+    trapped = workspace.fab("trust-clients")
+    assert trapped.code == 1
+    assert f"{client.address}: failed: could not install the CA" in trapped.output
+    assert not (client.files / f"etc/docker/certs.d/{address}:5000").exists()
+    # A user the host does not have is named, and nothing was changed there.
+    assert (
+        f"{lab.host('client1').address}: failed: could not install the CA: no user "
+        "nosuchuser on this host; create it, or remove it from rootless_users"
+    ) in trapped.output
+    link.unlink()
+    if made_by_dockerd:
+        aside.rename(link)
+
+    workspace.write_inventory(
+        {
+            "registry": {"address": address},
+            "clients": [
+                {
+                    "host": client.address,
+                    "runtimes": ["podman"],
+                    "rootless_users": [user],
+                }
+            ],
+        }
+    )
+    trust = workspace.fab("trust-clients")
+    assert trust.code == 0, trust.output
+    assert f"runtimes: podman, docker (rootless, {user})" in trust.output
+    ca = home / f".config/docker/certs.d/{address}:5000/ca.crt"
+    assert f"wrote /home/{user}/.config/docker/certs.d/{address}:5000/ca.crt" in (
+        trust.output
+    )
+    assert ca.read_bytes() == (workspace.folder / "pki/ca.crt").read_bytes()
+    owner = int(run_on(lab, "client2", f"id -u {user}").stdout)
+    assert ca.stat().st_uid == owner and ca.stat().st_mode & 0o777 == 0o644
+    pulled = run_on(lab, "client2", pull)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "1 unchanged" in workspace.fab("trust-clients").output
+
+    # The same by options, as with -H: the inverse removes the user's file too.
+    untrust = workspace.fab(
+        "-H", client.address, "untrust-clients", "--registry", address,
+        "--runtimes", "podman", "--rootless-users", user,
+    )  # fmt: skip
+    assert untrust.code == 0, untrust.output
+    assert f"removed /home/{user}/.config/docker/certs.d/{address}:5000/ca.crt" in (
+        untrust.output
+    )
+    assert not ca.exists()
+    refused = run_on(lab, "client2", pull)
+    assert "certificate signed by unknown authority" in refused.stderr

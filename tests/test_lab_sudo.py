@@ -18,10 +18,7 @@ PASSWORD = "lab-sudo-password"
 @pytest.fixture(scope="module")
 def deploy_user(lab: Lab) -> str:
     """A user on every lab host (they share /etc/passwd); sudo rights per host."""
-    if subprocess.run(["id", USER], capture_output=True, check=False).returncode:
-        subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True
-        )
+    lab.ensure_user(USER)
     subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True)
     return USER
 

@@ -146,3 +146,69 @@ def stop_dockerd(host: LabHost, timeout: float = 30) -> None:
         'kill -9 "$pid"\n',
         timeout=timeout + 10,
     )
+
+
+#: Debian's rootless Docker launcher (docker.io ships it, not on PATH).
+ROOTLESS_LAUNCHER = "/usr/share/docker.io/contrib/dockerd-rootless.sh"
+
+
+def start_rootless_dockerd(
+    host: LabHost, user: str, timeout: float = DOCKERD_TIMEOUT
+) -> str:
+    """Start ``user``'s rootless Docker on ``host``; return its DOCKER_HOST.
+
+    rootlesskit opens /dev/net/tun as the user: Debian makes the device 0666, some
+    machines 0600, so the host gets its own 0666 node over it (its mount namespace
+    only).
+    """
+    name = shlex.quote(user)
+    log = shlex.quote(str(host.logs / f"dockerd-rootless-{user}.log"))
+    host.run(
+        f"home=$(getent passwd {name} | cut -d: -f6)\n"
+        f"run=/run/user/$(id -u {name})\n"
+        f'mkdir -p "$run" && chown {name}: "$run" && chmod 0700 "$run"\n'
+        "if [ ! -e /run/lab-tun ]; then\n"
+        "  mknod /run/lab-tun c 10 200 && chmod 0666 /run/lab-tun\n"
+        "  mount --bind /run/lab-tun /dev/net/tun\n"
+        "fi\n"
+        # No subshell: one left waiting in the background would hold our stdout.
+        "cd /\n"
+        f'runuser -u {name} -- env -i HOME="$home" XDG_RUNTIME_DIR="$run" '
+        "PATH=/usr/share/docker.io/contrib:/usr/sbin:/usr/bin:/sbin:/bin "
+        f"setsid {ROOTLESS_LAUNCHER} </dev/null >>{log} 2>&1 &\n"
+        f"echo $! >/run/lab-rootless-{user}.pid\n"
+    )
+    docker_host = f"unix:///run/user/{_uid(host, user)}/docker.sock"
+    deadline = time.monotonic() + timeout
+    while True:
+        answered = host.run(
+            f"cd / && runuser -u {name} -- env DOCKER_HOST={docker_host} "
+            "docker info >/dev/null 2>&1",
+            check=False,
+        )
+        if answered.returncode == 0:
+            return docker_host
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"host {host.name}: rootless dockerd of {user} did not answer within "
+                f"{timeout:g}s; see {host.logs / f'dockerd-rootless-{user}.log'}"
+            )
+        time.sleep(0.2)
+
+
+def stop_rootless_dockerd(host: LabHost, user: str, timeout: float = 30) -> None:
+    """Stop ``user``'s rootless Docker: rootlesskit takes its child down with it."""
+    host.run(
+        f"pid=$(cat /run/lab-rootless-{user}.pid 2>/dev/null) || exit 0\n"
+        'kill "$pid" 2>/dev/null || exit 0\n'
+        f"for _ in $(seq {int(timeout * 10)}); do\n"
+        '  kill -0 "$pid" 2>/dev/null || exit 0\n'
+        "  sleep 0.1\n"
+        "done\n"
+        'kill -9 "$pid"\n',
+        timeout=timeout + 10,
+    )
+
+
+def _uid(host: LabHost, user: str) -> int:
+    return int(host.run(f"id -u {shlex.quote(user)}").stdout.strip())

@@ -39,6 +39,7 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
     PrivateDir("/etc/buildkit"),
     PrivateDir("/etc/pki"),
     PrivateDir("/etc/sudoers.d"),
+    PrivateDir("/home"),
     PrivateDir("/etc/ssl/certs", seed=True),
     PrivateDir("/usr/local/share/ca-certificates"),
     PrivateDir("/opt/registry"),

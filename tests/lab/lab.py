@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import daemons, images, network, processes
+from .commands import run_local
 from .configs import fabric_config_text, ssh_config_text
 from .errors import LabError
 from .host import (
@@ -259,6 +260,24 @@ class Lab:
         host = self.host(name)
         daemons.start_dockerd(host, self.naming.cgroup(name))
         daemons.wait_for_dockerd(host)
+
+    def ensure_user(self, user: str) -> None:
+        """A login user on every host: hosts share /etc/passwd, each has its own
+        /home. useradd also gives the user subordinate ids, for rootless Docker."""
+        if subprocess.run(["id", user], capture_output=True, check=False).returncode:
+            run_local(["useradd", "--no-create-home", "--shell", "/bin/sh", user])
+        for host in self._hosts:
+            host.run(
+                f"home=$(getent passwd {user} | cut -d: -f6); "
+                f'mkdir -p "$home" && chown {user}: "$home" && chmod 0700 "$home"'
+            )
+
+    def start_rootless_docker(self, name: str, user: str) -> str:
+        """Start ``user``'s rootless Docker on host ``name``; return its DOCKER_HOST."""
+        return daemons.start_rootless_dockerd(self.host(name), user)
+
+    def stop_rootless_docker(self, name: str, user: str) -> None:
+        daemons.stop_rootless_dockerd(self.host(name), user)
 
     # Images.
 
