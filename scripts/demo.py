@@ -15,8 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import yaml
-
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
@@ -69,22 +67,8 @@ def main() -> None:
         registry = lab.host("registry")
         authority = f"{registry.address}:5000"
         image = f"{authority}/demo/hello:1"
-        workspace.mkdir(parents=True, exist_ok=True)
-        (workspace / "inventory.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "registry": {"address": registry.address, "port": 5000},
-                    "clients": [
-                        lab.host("client1").address,
-                        lab.host("client2").address,
-                    ],
-                },
-                sort_keys=False,
-            )
-        )
-        print(
-            f"  inventory: {workspace / 'inventory.yaml'}; state folder: {workspace / 'pki'}"
-        )
+        inventory = lab.write_inventory(workspace)
+        print(f"  inventory: {inventory}; state folder: {workspace / 'pki'}")
 
         archive = lab.registry_image_archive()
         say("1. the registry host: CA, IP-SAN certificate, registry:2 with TLS")

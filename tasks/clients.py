@@ -541,8 +541,11 @@ def prepare_fleet_run(
         chosen = check_user_names(users, "--rootless-users")
         clients = tuple(replace(client, rootless_users=chosen) for client in clients)
 
+    source = (
+        "-H" if cli_hosts else f"{book.path if book else DEFAULT_INVENTORY}: clients"
+    )
     for client in clients:
-        refuse_example_address(client.target.host, f"client {client.target}")
+        refuse_example_address(client.target.host, source)
     # During a CA rotation this is the current CA followed by the next one.
     state = StateFolder(Path(pki_dir))
     ca_pem = state.trust_bundle()
@@ -577,10 +580,11 @@ def trust_clients(
     hosts.toml, and config_path in config.toml), k3s/rke2 registries.yaml (merged),
     buildkit /etc/buildkit/buildkitd.toml, system the OS trust store. BuildKit and the
     OS store are only done when listed. Rootless Docker users (rootless_users) get it
-    in ~/.config/docker/certs.d, written as that user. containerd, k3s and rke2 are restarted only
-    when their config changed. Files are written atomically and only when they
-    differ. Hosts run in parallel; a failed host does not stop the others, and the
-    task exits 1 at the end if any failed. Safe to re-run. Inverse: untrust-clients.
+    in ~/.config/docker/certs.d, written as that user. containerd, k3s and rke2 are
+    restarted only when their config changed. Files are written atomically and only
+    when they differ. Hosts run in parallel; a failed host does not stop the others,
+    and the task exits 1 at the end if any failed. Safe to re-run. Inverse:
+    untrust-clients.
     """
     run = prepare_fleet_run(
         c,

@@ -742,7 +742,12 @@ def open_registry(
         **options,
     )
     ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)
-    refuse_example_address(ssh_host, "-H" if connection_host else "registry host")
+    if connection_host:
+        source = "-H"
+    else:
+        key = "registry.ssh" if settings.ssh else "registry.address"
+        source = f"{book.path}: {key}" if book else "the registry address"
+    refuse_example_address(ssh_host, source)
     if connection_host is not None and book is not None:
         check_host_is_registry(connection_host, settings, spec, book)
     fleet = Fleet.from_config(c.config)

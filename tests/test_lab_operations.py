@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 
 from tasks import pki
-from tests.conftest import Workspace, run_on
+from tests.conftest import FabResult, Workspace, run_on
 from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -60,6 +60,10 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     soon = workspace.fab("check-expiry", "--days", "400")
     assert soon.code == 1
     assert "EXPIRES SOON" in soon.output and "rotate-cert" in soon.output
+    # For cron: silent while all is well, the dates when not.
+    assert workspace.fab("check-expiry", "--quiet") == FabResult(0, "")
+    loud = workspace.fab("check-expiry", "--quiet", "--days", "400")
+    assert loud.code == 1 and "EXPIRES SOON" in loud.output
 
     # rotate-cert: a new certificate is served; the client keeps pulling untouched.
     before = served_fingerprint(lab, address)

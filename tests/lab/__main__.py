@@ -25,11 +25,24 @@ def _print_hosts(lab: Lab) -> None:
 def command_up(lab: Lab) -> None:
     started = time.monotonic()
     lab.up(DEFAULT_HOSTS)
+    # The lab cannot pull images: setup-registry uploads this archive instead.
+    archive = lab.registry_image_archive()
+    workspace = lab.workdir / "workspace"
+    inventory = lab.write_inventory(workspace)
     print(f"lab up in {time.monotonic() - started:.1f}s\n")
     _print_hosts(lab)
     print(f"\nssh config:    {lab.ssh_config()}   (ssh -F PATH registry)")
     print(f"fabric config: {lab.fabric_config()}   (fab -f PATH ...)")
     print(f"ssh key:       {lab.ssh_key}")
+    print(f"inventory:     {inventory}")
+    project = Path(__file__).resolve().parents[2]
+    fab = f"fab --search-root {project} -f {lab.fabric_config()}"
+    print(
+        "\ntry the tasks by hand, from the folder that holds the inventory:\n"
+        f"  . {project}/.venv/bin/activate && cd {workspace}\n"
+        f"  {fab} setup-registry --image-archive {archive}\n"
+        f"  {fab} trust-clients"
+    )
 
 
 def command_down(lab: Lab) -> None:

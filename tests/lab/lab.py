@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
+
 from . import daemons, images, network, processes
 from .commands import run_local
 from .configs import fabric_config_text, ssh_config_text
@@ -241,6 +243,19 @@ class Lab:
         """Write a Fabric runtime config (`fab -f PATH`) using the lab's key."""
         path = self.workdir / "fabric.yaml"
         path.write_text(fabric_config_text(self.ssh_key, self.known_hosts))
+        return path
+
+    def write_inventory(self, folder: Path) -> Path:
+        """Write an inventory.yaml for this lab into ``folder``: the host named
+        registry is the registry, every other host a client."""
+        registry = self.host("registry")
+        document = {
+            "registry": {"address": registry.address, "port": 5000},
+            "clients": [host.address for host in self._hosts if host is not registry],
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "inventory.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
 
     # Faults for tests.
