@@ -191,3 +191,20 @@ def parse_ssh_target(text: object, where: str) -> SshTarget:
             "name"
         )
     return SshTarget(host=host, user=user or None, port=port)
+
+
+#: What clients of an IPv6 registry meet, as measured in the lab (Debian 12).
+IPV6_NAMES_NOTE = (
+    "note: images on {authority} are named with an IPv6 address; containerd (so "
+    "Kubernetes) pulls them, but docker, podman and skopeo releases older than their "
+    "IPv6-aware reference parser (Debian 12's among them) refuse such names with "
+    "'invalid reference format': fab check-clients tells which clients can"
+)
+
+
+def ipv6_names_note(address: str, authority: str) -> str | None:
+    """A warning for registries that clients must name by an IPv6 address."""
+    ip = parse_ip(address)
+    if ip is None or ip.version != 6:
+        return None
+    return IPV6_NAMES_NOTE.format(authority=authority)

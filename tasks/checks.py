@@ -1069,6 +1069,15 @@ def _pull_failure(
         return "trust", RUN_TRUST
     if "http response to https client" in text:
         return "tls", "make the registry serve TLS on that port (fab setup-registry)"
+    if "invalid reference format" in text:
+        ip = parse_ip(registry.address)
+        if ip is not None and ip.version == 6:
+            return "name", (
+                f"this {probe.tool} cannot parse image names on an IPv6 address (its "
+                "reference parser predates them): update it, or reach the registry "
+                "by an IPv4 address"
+            )
+        return "name", f"check --image: {image} is not a valid image name"
     if re.search(r"manifest unknown|not found|name unknown", text):
         return "image", f"check the name: {image} is not in {authority}"
     if re.search(r"connection refused|no route|i/o timeout|timeout|unreachable", text):

@@ -22,6 +22,7 @@ from invoke.context import Context
 
 from .addresses import (
     DEFAULT_REGISTRY_PORT,
+    ipv6_names_note,
     parse_ip,
     refuse_example_address,
     registry_authority,
@@ -612,6 +613,9 @@ def on_clients(run: FleetRun, *, remove: bool, dry_run: bool) -> list[Outcome]:
     log.info(
         "%s %s on %d clients%s", verb, run.registry.authority, len(run.clients), mode
     )
+    note = ipv6_names_note(run.registry.address, run.registry.authority)
+    if note and not remove:
+        log.warning("%s", note)
 
     def work(client: Client) -> Outcome:
         return on_client(run, client, remove=remove, dry_run=dry_run)

@@ -26,6 +26,7 @@ from .addresses import (
     DEFAULT_REGISTRY_PORT,
     check_address,
     check_port,
+    ipv6_names_note,
     parse_ip,
     refuse_example_address,
     registry_authority,
@@ -712,6 +713,9 @@ def certify_and_deploy(
     log_outcome(outcome)
     log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
     warn_expiry(ca.cert, "CA", state.ca_cert_path)
+    note = ipv6_names_note(spec.address, spec.authority)
+    if note:
+        log.warning("%s", note)
     exposed = [] if auth else public_addresses(spec)
     if exposed:
         log.warning(

@@ -391,6 +391,30 @@ def test_pull_failures_are_classified(error: str, kind: str) -> None:
     assert line.startswith(f"{kind}: docker pull {A}/app:1: {error}")
 
 
+def test_ipv6_names_old_clients_cannot_parse_are_told_apart() -> None:
+    # Measured in the lab: docker 20.10 and skopeo 1.9 reject [ADDRESS]:PORT names,
+    # while containerd pulls them.
+    v6 = Registry("2001:db8::7", 5000)
+    output = (
+        TRUSTED.replace(A, v6.authority)
+        + "image app:1\npull docker 1\npullerr docker Error response from daemon: "
+        "invalid reference format\n"
+    )
+    outcome = check_outcome("h", judge(parse_check(output), v6, CA))
+    line = "; ".join(outcome.details)
+    assert outcome.status == FAILED
+    assert line.startswith("name: docker pull [2001:db8::7]:5000/app:1")
+    assert "cannot parse image names on an IPv6 address" in line
+    assert "update it, or reach the registry by an IPv4 address" in line
+
+    status, line = outcome_for(
+        TRUSTED
+        + "image app:1\npull docker 1\npullerr docker invalid reference format\n"
+    )
+    assert status == FAILED
+    assert "check --image: app:1 is not a valid image name" in line
+
+
 def test_ctr_log_lines_are_reduced_to_their_error() -> None:
     logged = (
         'time="2026-12-03T19:50:54Z" level=info msg="trying next host" error="failed '

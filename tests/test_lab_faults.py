@@ -224,7 +224,7 @@ def test_bad_input_touches_no_host(lab: Lab, fleet: Workspace) -> None:
     assert run.code == 1
     assert run.output.strip().splitlines() == [
         "error: inventory.yaml: unknown key runtime (did you mean 'runtimes'?); "
-        "known keys: registry, clients, runtimes"
+        "known keys: registry, clients, runtimes, rootless_users"
     ]
     assert not ca_file(lab, "client1").exists()
     inventory.write_text(good)

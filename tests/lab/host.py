@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .commands import CLEAN_ENV, run_local
 from .errors import LabCommandError, LabCommandTimeout, LabError
+from .network import ipv6_address
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,11 @@ class LabHost:
     address: str
     docker: bool
     files: Path
+
+    @property
+    def address6(self) -> str:
+        """The host's IPv6 address, beside ``address`` on the same link."""
+        return ipv6_address(self.address)
 
     @property
     def home(self) -> Path:

@@ -76,17 +76,39 @@ def _ip(*args: str, check: bool = True) -> str:
     return run_local(["ip", *args], check=check).stdout
 
 
-def _disable_ipv6(interface: str, netns: str | None = None) -> None:
-    # No IPv6 on lab links: router solicitations and DAD are noise nobody asked for.
-    setting = f"net.ipv6.conf.{interface}.disable_ipv6=1"
+def ipv6_address(ipv4: str) -> str:
+    """The lab address's IPv6 twin: 10.231.1.2 is fd0a:e701::2.
+
+    A unique local address (fd00::/8) made from the IPv4 one, so two labs on
+    different subnets never share a /64.
+    """
+    a, b, c, d = (int(part) for part in ipv4.split("."))
+    return f"fd{a:02x}:{b:02x}{c:02x}::{d:x}"
+
+
+def _quiet_ipv6(interface: str, netns: str | None = None) -> None:
+    # IPv6 on, but no router solicitations, no autoconfiguration and no DAD wait:
+    # the lab's static addresses work at once and nothing else is said on the link.
     prefix = [] if netns is None else ["nsenter", f"--net={NETNS_DIR / netns}", "--"]
-    run_local([*prefix, "sysctl", "-qw", setting], check=False)
+    settings = [
+        f"net.ipv6.conf.{interface}.{key}={value}"
+        for key, value in (
+            ("disable_ipv6", 0),
+            ("accept_ra", 0),
+            ("autoconf", 0),
+            ("accept_dad", 0),
+            ("router_solicitations", 0),
+        )
+    ]
+    run_local([*prefix, "sysctl", "-qw", *settings], check=False)
 
 
 def create_bridge(naming: Naming, subnet: str) -> None:
     _ip("link", "add", naming.bridge, "type", "bridge")
-    _disable_ipv6(naming.bridge)
+    _quiet_ipv6(naming.bridge)
     _ip("addr", "add", f"{subnet}.1/24", "dev", naming.bridge)
+    _ip("addr", "add", f"{ipv6_address(subnet + '.1')}/64", "dev", naming.bridge,
+        "nodad")  # fmt: skip
     _ip("link", "set", naming.bridge, "up")
 
 
@@ -97,10 +119,13 @@ def create_host_network(
     netns, veth = naming.netns(host_name), naming.veth(index)
     _ip("netns", "add", netns)
     _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-    _disable_ipv6(veth)
+    # The bridge port itself needs no address of its own.
+    run_local(["sysctl", "-qw", f"net.ipv6.conf.{veth}.disable_ipv6=1"], check=False)
     _ip("link", "set", veth, "master", naming.bridge, "up")
-    _disable_ipv6("eth0", netns)
+    _quiet_ipv6("eth0", netns)
     _ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+    _ip("-n", netns, "addr", "add", f"{ipv6_address(address)}/64", "dev", "eth0",
+        "nodad")  # fmt: skip
     _ip("-n", netns, "link", "set", "eth0", "up")
     _ip("-n", netns, "link", "set", "lo", "up")
 
