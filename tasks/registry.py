@@ -12,7 +12,7 @@ import json
 import shlex
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -667,6 +667,12 @@ def setup_registry(
     )
 
 
+def probe_registry(connection: Connection, spec: RegistrySpec) -> Probe:
+    """What the registry host looks like now, in one remote command."""
+    result = run_as_root(connection, render_probe(spec), what="registry probe")
+    return parse_probe(result.stdout)
+
+
 def certify_and_deploy(
     spec: RegistrySpec,
     connection: Connection,
@@ -680,17 +686,19 @@ def certify_and_deploy(
     new_server_cert: bool = False,
     replace_ca: bool = False,
     notes: Sequence[str] = (),
+    before_deploy: Callable[[Probe], Sequence[str]] | None = None,
 ) -> Outcome:
     """Make or reuse the CA and server certificate, deploy, verify, and report.
 
     ``notes`` are changes the caller made on the host before, reported first.
+    ``before_deploy`` changes the host once every check has passed, under the state
+    folder's lock, and returns its notes: a failed check then leaves the host as it
+    was.
     """
     with state.locked():
         # The host's CA is checked before anything is made or changed here.
         host = host_label(connection)
-        probe = parse_probe(
-            run_as_root(connection, render_probe(spec), what="registry probe").stdout
-        )
+        probe = probe_registry(connection, spec)
         check_docker(probe, host)
         known = state.known_ca_fingerprints() if state.ca_cert_path.exists() else set()
         check_same_ca(probe, known, spec, host, replace_ca)
@@ -704,6 +712,10 @@ def certify_and_deploy(
             days=server_days,
             force=new_server_cert,
         )
+        changes = before_deploy(probe) if before_deploy is not None else []
+        if changes:
+            notes = [*notes, *changes]
+            probe = probe_registry(connection, spec)  # what it changed counts too
         outcome, auth = deploy_registry(connection, spec, ca, server, archive, probe)
 
     for change in (*reversed(notes), server.change, ca.change):

@@ -20,7 +20,7 @@ from invoke.context import Context
 from .errors import HostError, InputError
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
 from .pki import StateFolder
-from .registry import RegistrySpec, certify_and_deploy, open_registry
+from .registry import Probe, RegistrySpec, certify_and_deploy, open_registry
 from .remote import (
     RemoteFile,
     failure_line,
@@ -215,16 +215,29 @@ def _change_user(
             f"{state.ca_cert_path}: no CA here; run setup-registry first, from "
             "this folder or with --pki-dir"
         )
-    users = _read_users(connection, spec, name) or {}
-    if remove and name not in users:
-        log.info("%s: no user %s to remove", spec.authority, name)
-    note = _apply_change(users, name, password)
-    if note is not None:
+    host = host_label(connection)
+
+    def change_users(probe: Probe) -> list[str]:
+        # Only once the host passed every check: a refused run changes nothing.
+        if probe.container is None:
+            raise HostError(
+                host,
+                f"no registry container {spec.container!r}; run setup-registry "
+                "first (teardown removed it?)",
+            )
+        found = _read_users(connection, spec, name)
+        users = found or {}
+        note = _apply_change(users, name, password)
+        if note is None:
+            if remove:
+                log.info("%s: no user %s to remove", host, name)
+            return []
         _write_users(connection, spec, users)
-    notes = [note] if note else []
-    if remove and not users:
-        notes.append("no users left: nobody can log in; add-user lets someone in")
-    outcome = certify_and_deploy(spec, connection, state, notes=notes)
+        if remove and not users:
+            return [note, "no users left: nobody can log in; add-user lets someone in"]
+        return [note]
+
+    outcome = certify_and_deploy(spec, connection, state, before_deploy=change_users)
     finish([outcome], None if remove else f"docker login {spec.authority}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+
 import pytest
 
 from tests.conftest import Workspace, run_on
@@ -28,13 +30,28 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     lab.build_test_image("client1", image)
     secret = workspace.folder / "alice.password"
     secret.write_text("s3cret-enough\n")
+    users = lab.host("registry").files / "opt/registry/auth/htpasswd"
+
+    # Removing a user nobody added changes nothing, and says so.
+    nobody = workspace.fab("remove-user", "--name", "nobody")
+    assert nobody.code == 0 and "1 unchanged" in nobody.output, nobody.output
+    assert "no users left" not in nobody.output and not users.exists()
+
+    # A check that fails (here: the state folder is busy) leaves the users as they
+    # were: nobody is let in or locked out behind the operator's back.
+    with (workspace.folder / "pki/.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = workspace.fab(
+            "add-user", "--name", "alice", "--password-file", str(secret)
+        )
+    assert busy.code == 1 and "another run is using this state folder" in busy.output
+    assert not users.exists()
 
     added = workspace.fab("add-user", "--name", "alice", "--password-file", str(secret))
     assert added.code == 0, added.output
     assert "added user alice" in added.output
     assert "login required" in added.output
     assert "s3cret-enough" not in added.output
-    users = lab.host("registry").files / "opt/registry/auth/htpasswd"
     line = users.read_text()
     assert line.startswith("alice:$2y$")
     assert oct(users.stat().st_mode & 0o777) == "0o600"
@@ -56,9 +73,19 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     setup_again = workspace.fab("setup-registry")
     assert "unchanged" in setup_again.output and "login required" in setup_again.output
 
+    # With dockerd down, the host fails its checks before the users file changes.
+    lab.stop_dockerd("registry")
+    try:
+        down = workspace.fab("remove-user", "--name", "alice")
+    finally:
+        lab.start_dockerd("registry")
+    assert down.code == 1 and "docker" in down.output
+    assert users.read_text() == line
+
     removed = workspace.fab("remove-user", "--name", "alice")
     assert removed.code == 0, removed.output
     assert "no users left" in removed.output
+    assert "1 unchanged" in workspace.fab("remove-user", "--name", "alice").output
     refused = run_on(lab, "client1", f"docker pull {image}")
     assert refused.returncode != 0
 
