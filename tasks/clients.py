@@ -549,6 +549,7 @@ def prepare_fleet_run(
         refuse_example_address(client.target.host, source)
     # During a CA rotation this is the current CA followed by the next one.
     state = StateFolder(Path(pki_dir))
+    state.check_serves(address, "--registry" if registry else "registry.address")
     ca_pem = state.trust_bundle()
     warn_expiry(state.read_ca_cert(), "CA", state.ca_cert_path)
     fleet = Fleet.from_config(c.config)

@@ -257,6 +257,21 @@ def unpermitted_addresses(
     ]
 
 
+def permitted_addresses(ca_cert: x509.Certificate) -> list[str]:
+    """The names and networks a name-constrained CA may sign for."""
+    constraints = ca_cert.extensions.get_extension_for_class(x509.NameConstraints)
+    subtrees = constraints.value.permitted_subtrees or []
+    return [str(subtree.value) for subtree in subtrees]
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two addresses or names are the same (IPs compared as numbers)."""
+    ip_a, ip_b = parse_ip(a), parse_ip(b)
+    if ip_a is not None or ip_b is not None:
+        return ip_a == ip_b
+    return a.lower().rstrip(".") == b.lower().rstrip(".")
+
+
 def _name_allowed(
     name: x509.GeneralName,
     permitted: Sequence[x509.GeneralName],
@@ -547,6 +562,37 @@ class StateFolder:
             return [current]
         upcoming = cert_pem(found[0])
         return [current, upcoming, current + upcoming]
+
+    def check_serves(self, address: str, where: str) -> None:
+        """Refuse to hand out this folder's CA for a registry it does not serve.
+
+        A --pki-dir of another registry, or a mistyped address, would otherwise put
+        on every client a CA that cannot vouch for the registry, replacing one that
+        could. ``where`` names the option or key that gave ``address``.
+        """
+        for path, cert in self._ca_certs():
+            if unpermitted_addresses(cert, [address]):
+                raise StateError(
+                    f"{path}: this CA may only sign for "
+                    f"{', '.join(permitted_addresses(cert))}, not {address} ({where}); "
+                    "pass --pki-dir with that registry's state folder, or fix "
+                    f"{where}"
+                )
+        if self.server_cert_path.exists():
+            served = cert_addresses(self._read_cert(self.server_cert_path))
+            if not any(same_address(address, name) for name in served):
+                raise StateError(
+                    f"{self.server_cert_path}: the registry of this folder serves "
+                    f"{', '.join(served)}, not {address} ({where}); pass --pki-dir "
+                    f"with that registry's state folder, or fix {where}"
+                )
+
+    def _ca_certs(self) -> list[tuple[Path, x509.Certificate]]:
+        found = [(self.ca_cert_path, self.read_ca_cert())]
+        upcoming = self.read_next_ca()
+        if upcoming is not None:
+            found.append((self.next_cert_path, upcoming[0]))
+        return found
 
     def known_ca_fingerprints(self) -> set[str]:
         """Fingerprints of the CAs this folder holds (a registry of either is ours)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.pki import StateFolder
 from tests.conftest import Workspace, run_on
 from tests.lab import Lab
 
@@ -228,6 +229,33 @@ def test_bad_input_touches_no_host(lab: Lab, fleet: Workspace) -> None:
     ]
     assert not ca_file(lab, "client1").exists()
     inventory.write_text(good)
+
+
+def test_another_registrys_state_folder_is_refused(
+    lab: Lab, fleet: Workspace, tmp_path: Path
+) -> None:
+    assert fleet.fab("trust-clients").code == 0
+    trusted = ca_file(lab, "client1").read_bytes()
+    client = lab.host("client1").address
+    registry = lab.host("registry").address
+    # A folder without inventory: -H and --registry say it all.
+    bare = Workspace(lab, tmp_path / "bare")
+    bare.folder.mkdir()
+    ours = str(fleet.folder / "pki")
+
+    # A mistyped registry address: this folder's CA cannot vouch for it.
+    typo = bare.fab(
+        "-H", client, "trust-clients", "--registry", client, "--pki-dir", ours
+    )
+    assert typo.code == 1
+    assert f"not {client} (--registry); pass --pki-dir" in typo.output
+
+    # The state folder of another registry: its CA would replace a working one.
+    stranger = bare.folder / "pki"
+    StateFolder(stranger).ensure_ca(["203.0.113.9"])  # made, never contacted
+    wrong = bare.fab("-H", client, "trust-clients", "--registry", registry)
+    assert wrong.code == 1 and "ca.crt: this CA may only sign for" in wrong.output
+    assert ca_file(lab, "client1").read_bytes() == trusted
 
 
 def test_ca_key_never_leaves_this_machine(lab: Lab, fleet: Workspace) -> None:

@@ -285,3 +285,25 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     other = pki.StateFolder(tmp_path / "pki")
     with state.locked(), pytest.raises(StateError, match="another run"), other.locked():
         pass
+
+
+def test_a_folder_refuses_to_vouch_for_another_registry(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    both = [ADDRESS, "2001:db8::7"]
+    state.ensure_server_cert(state.ensure_ca(both), both)
+    state.check_serves(ADDRESS, "--registry")
+    state.check_serves("2001:db8:0::7", "registry.address")  # the same IPv6 address
+
+    # The name constraints speak first: this CA cannot sign for the other address.
+    with pytest.raises(
+        StateError, match=r"ca.crt: this CA may only sign for"
+    ) as caught:
+        state.check_serves("203.0.113.99", "--registry")
+    assert "not 203.0.113.99 (--registry); pass --pki-dir" in str(caught.value)
+
+    # Without constraints, the server certificate says which registry it serves.
+    loose = pki.StateFolder(tmp_path / "loose")
+    ca = loose.ensure_ca([ADDRESS], constrain=False)
+    loose.ensure_server_cert(ca, [ADDRESS])
+    with pytest.raises(StateError, match=r"server.crt: the registry of this folder"):
+        loose.check_serves("203.0.113.99", "registry.address")
