@@ -144,14 +144,19 @@ def containerd_config(current: str | None, major: int) -> Edit:
         document["version"] = 2
         current_version = 2
     else:
-        try:
-            document = tomlkit.parse(current)
-        except tomlkit.exceptions.ParseError as exc:
-            raise ConfigError(f"not valid TOML ({exc}); fix it by hand first") from None
-        current_version = int(document.get("version", 1))
+        document = _parse_toml(current)
+        version = document.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(
+                f"its version is {_shown(version)}, not a number such as 2; fix it "
+                "by hand first"
+            )
+        current_version = int(version)
 
-    disabled = [str(name) for name in document.get("disabled_plugins", [])]
-    if any(name in ("cri", "io.containerd.grpc.v1.cri") for name in disabled):
+    disabled = document.get("disabled_plugins", [])
+    if not isinstance(disabled, list):
+        raise ConfigError("its disabled_plugins is not a list; fix it by hand first")
+    if any(str(name) in ("cri", "io.containerd.grpc.v1.cri") for name in disabled):
         return Edit(
             None,
             "its CRI plugin is disabled (as Docker's packages ship it), so no kubelet "
@@ -159,10 +164,17 @@ def containerd_config(current: str | None, major: int) -> Edit:
         )
 
     table: Any = document
+    walked: list[str] = []
     for key in _registry_table_path(current_version):
+        walked.append(key)
         if key not in table:
             table[key] = tomlkit.table(is_super_table=key == "plugins")
         table = table[key]
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"its {'.'.join(repr(k) if '.' in k else k for k in walked)} is not a "
+                "table; fix it by hand first"
+            )
     if table.get("mirrors") or table.get("configs"):
         raise ConfigError(
             "it still uses the deprecated registry.mirrors/configs, which containerd "
@@ -182,19 +194,47 @@ def containerd_config(current: str | None, major: int) -> Edit:
     return Edit(tomlkit.dumps(document))
 
 
+def _parse_toml(text: str) -> Any:
+    try:
+        return tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"not valid TOML ({exc}); fix it by hand first") from None
+
+
+def _is_table(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _shown(value: object) -> str:
+    text = repr(value.unwrap() if hasattr(value, "unwrap") else value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 # BuildKit's buildkitd.toml --------------------------------------------------------
 
 
 def buildkit_config(current: str | None, authority: str, remove: bool = False) -> Edit:
     """Add (or remove) our CA in ``[registry."ADDRESS:PORT"] ca``."""
-    try:
-        document = tomlkit.parse(current or "")
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"not valid TOML ({exc}); fix it by hand first") from None
+    document = _parse_toml(current or "")
     path = ca_file("buildkit", authority)
     registries: Any = document.get("registry")
+    if registries is not None and not _is_table(registries):
+        raise ConfigError("its registry is not a table; fix it by hand first")
     entry: Any = registries.get(authority) if registries is not None else None
-    cas = [str(item) for item in (entry.get("ca", []) if entry is not None else [])]
+    if entry is not None and not _is_table(entry):
+        raise ConfigError(
+            f'its registry."{authority}" is not a table; fix it by hand first'
+        )
+    found = entry.get("ca", []) if entry is not None else []
+    # buildkitd accepts one path as well as a list of them.
+    if isinstance(found, str):
+        found = [found]
+    if not isinstance(found, list):
+        raise ConfigError(
+            f'its registry."{authority}".ca is neither a path nor a list of paths; '
+            "fix it by hand first"
+        )
+    cas = [str(item) for item in found]
     if remove:
         if path not in cas:
             return Edit(None)
@@ -232,7 +272,8 @@ def _load_yaml(current: str | None) -> Any:
     try:
         document = _yaml().load(current or "") if current and current.strip() else None
     except YAMLError as exc:
-        raise ConfigError(f"not valid YAML ({exc}); fix it by hand first") from None
+        problem = " ".join(str(exc).split())  # one line, whatever the parser says
+        raise ConfigError(f"not valid YAML ({problem}); fix it by hand first") from None
     if document is None:
         return {}
     if not isinstance(document, dict):

@@ -258,6 +258,28 @@ def test_another_registrys_state_folder_is_refused(
     assert ca_file(lab, "client1").read_bytes() == trusted
 
 
+def test_broken_config_on_one_client_fails_that_client_only(
+    lab: Lab, fleet: Workspace
+) -> None:
+    broken = lab.host("client2").files / "etc/buildkit/buildkitd.toml"
+    broken.write_text("registry = 5\n")
+    try:
+        run = fleet.fab("trust-clients", "--runtimes", "buildkit")
+    finally:
+        text = broken.read_text()
+        broken.unlink()
+    assert run.code == 1
+    assert "Traceback" not in run.output
+    client2 = f"] {lab.host('client2').address}: "
+    (line,) = [x for x in run.output.splitlines() if client2 in x]
+    assert ": failed: runtimes: buildkit;" in line
+    assert "/etc/buildkit/buildkitd.toml: its registry is not a table" in line
+    assert f"{lab.host('client1').address}: changed" in run.output
+    assert "recap: 2 hosts: 1 changed, 1 failed" in run.output
+    assert text == "registry = 5\n"  # left for its owner to fix
+    fleet.fab("untrust-clients", "--runtimes", "buildkit")
+
+
 def test_ca_key_never_leaves_this_machine(lab: Lab, fleet: Workspace) -> None:
     assert fleet.fab("trust-clients").code == 0
     key = (fleet.folder / "pki/ca.key").read_text()

@@ -223,8 +223,51 @@ def test_registries_yaml_remove_restores_the_original() -> None:
     ],
 )
 def test_registries_yaml_refuses_what_it_cannot_merge(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         registries_yaml(text, "k3s", AUTHORITY)
+    assert "\n" not in str(caught.value)
+
+
+# A host's broken config fails that host on one line, never the whole run.
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('version = "two"\n', "its version is 'two', not a number"),
+        ("version = true\n", "its version is True, not a number"),
+        ("version = 2\nplugins = 5\n", "its plugins is not a table"),
+        (
+            'version = 2\n[plugins]\n"io.containerd.grpc.v1.cri" = 1\n',
+            "its plugins.'io.containerd.grpc.v1.cri' is not a table",
+        ),
+        ("version = 2\ndisabled_plugins = 'cri'\n", "disabled_plugins is not a list"),
+    ],
+)
+def test_containerd_config_of_wrong_types_is_named(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        containerd_config(text, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("registry = 5\n", "its registry is not a table"),
+        (f'[registry]\n"{AUTHORITY}" = 5\n', f'registry."{AUTHORITY}" is not a table'),
+        (f'[registry."{AUTHORITY}"]\nca = 5\n', "neither a path nor a list"),
+    ],
+)
+def test_buildkit_config_of_wrong_types_is_named(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        buildkit_config(text, AUTHORITY)
+
+
+def test_buildkit_single_ca_path_is_kept_beside_ours() -> None:
+    current = f'[registry."{AUTHORITY}"]\nca = "/etc/ssl/team.pem"\n'
+    edit = buildkit_config(current, AUTHORITY)
+    assert edit.text is not None
+    assert list(tomlkit.parse(edit.text)["registry"][AUTHORITY]["ca"]) == [
+        "/etc/ssl/team.pem",
+        "/etc/buildkit/certs.d/203.0.113.7:5000/ca.crt",
+    ]
 
 
 # BuildKit buildkitd.toml ----------------------------------------------------------
