@@ -25,6 +25,7 @@ from .pki import StateFolder
 from .registry import (
     MANAGED_LABEL,
     RegistrySpec,
+    certify_and_deploy,
     live_spec,
     open_registry,
     wait_for_tls,
@@ -351,6 +352,11 @@ def restore(
     state = StateFolder(Path(pki_dir))
     if "was-running true" not in said:
         details.append("the registry was stopped before and stays so: fab restart")
+    elif "restored users" in said and state.ca_cert_path.exists():
+        # Users in the backup mean a login: a registry that asked none so far must
+        # be recreated to ask it, or the restored users would guard nothing.
+        deployed = certify_and_deploy(spec, connection, state)
+        details += [note for note in deployed.details if "login" in note]
     elif state.ca_cert_path.exists():
         check = wait_for_tls(spec.address, spec.port, state.trust_bundle(), None, 30)
         if not check.ok:

@@ -70,4 +70,30 @@ def test_garbage_collect_backup_and_restore(lab: Lab, workspace: Workspace) -> N
     assert refused.code == 1
     assert "restore failed" in refused.output
     assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+
+    # A backup with users, restored into a registry that asks no login: the
+    # restored users must guard it at once.
+    secret = workspace.folder / "password"
+    secret.write_text("restored-secret\n")
+    assert (
+        workspace.fab("add-user", "--name", "ci", "--password-file", str(secret)).code
+        == 0
+    )
+    assert workspace.fab("backup", "--output", "with-users.tar.gz").code == 0
+    users = lab.host("registry").files / "opt/registry/auth/htpasswd"
+    users.unlink()
+    assert "login required" not in workspace.fab("setup-registry").output
+    v2 = (
+        "curl -s -o /dev/null -w '%{http_code}' --cacert "
+        f"/etc/docker/certs.d/{address}:5000/ca.crt https://{address}:5000/v2/"
+    )
+    assert run_on(lab, "client1", v2).stdout == "200"
+    with_users = workspace.fab("restore", "--archive", "with-users.tar.gz")
+    assert with_users.code == 0, with_users.output
+    assert "login required" in with_users.output
+    assert run_on(lab, "client1", v2).stdout == "401"
+    assert "unchanged" in workspace.fab("setup-registry").output
+
+    users.unlink()
+    assert workspace.fab("setup-registry").code == 0
     assert workspace.fab("untrust-clients").code == 0
