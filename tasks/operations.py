@@ -29,6 +29,7 @@ from .registry import (
     RegistrySpec,
     certify_and_deploy,
     check_tls,
+    inspect_container,
     live_spec,
     open_registry,
     wait_for_tls,
@@ -421,15 +422,11 @@ def _managed_container(
     connection: Connection, spec: RegistrySpec
 ) -> dict[str, Any] | None:
     """The registry container if it exists; refuse one that is not ours."""
-    result = run_as_root(
-        connection,
-        f"docker container inspect {shlex.quote(spec.container)} 2>/dev/null\n",
-        what="inspect",
-    )
+    found = inspect_container(connection, spec)
     host = host_label(connection)
-    if not result.ok or not result.stdout.strip():
+    if found is None:
         return None
-    container: dict[str, Any] = json.loads(result.stdout)[0]
+    container: dict[str, Any] = json.loads(found)[0]
     labels = (container.get("Config") or {}).get("Labels") or {}
     if labels.get(MANAGED_LABEL) != "true":
         raise HostError(

@@ -773,21 +773,52 @@ def open_registry(
     return spec, fleet.connect(settings.ssh or spec.address)
 
 
+#: Exit code of ``inspect_container``'s script when docker itself cannot answer.
+NO_DOCKER = 7
+
+
+def inspect_container(
+    connection: Connection, spec: RegistrySpec, template: str | None = None
+) -> str | None:
+    """``docker container inspect`` of the registry container; None if it is absent.
+
+    A daemon that does not answer is an error, never "no container": a task that
+    took one for the other would report a registry gone that still runs.
+    """
+    name = shlex.quote(spec.container)
+    form = f"--format {shlex.quote(template)} " if template else ""
+    result = run_as_root(
+        connection,
+        f"command -v docker >/dev/null 2>&1 || {{ echo 'docker is not installed' >&2;"
+        f" exit {NO_DOCKER}; }}\n"
+        f"if out=$(timeout 30 docker container inspect {form}{name} 2>&1); then\n"
+        '  printf "%s\\n" "$out"\n'
+        'elif printf "%s" "$out" | grep -qi "no such"; then\n'
+        "  exit 0\n"
+        "else\n"
+        '  echo "the docker daemon is not reachable ($(printf "%s" "$out" | tail -n1))"'
+        f" >&2; exit {NO_DOCKER}\n"
+        "fi\n",
+        what="inspect",
+    )
+    if not result.ok:
+        raise HostError(
+            host_label(connection),
+            f"{failure_line(result)}; start docker (systemctl start docker) and run "
+            "the task again",
+        )
+    return result.stdout if result.stdout.strip() else None
+
+
 def live_spec(connection: Connection, spec: RegistrySpec) -> RegistrySpec:
     """``spec`` with the data location the registry container really uses.
 
     Day-two tasks act on the registry as it runs: the inventory may say otherwise
     (setup-registry was given --data, or the file changed since).
     """
-    name = shlex.quote(spec.container)
-    result = run_as_root(
-        connection,
-        f"timeout 30 docker container inspect --format '{{{{json .Mounts}}}}' {name} "
-        "2>/dev/null\n",
-        what="inspect mounts",
-    )
-    lines = result.stdout.strip().splitlines()
-    if not result.ok or not lines:
+    found = inspect_container(connection, spec, "{{json .Mounts}}")
+    lines = (found or "").strip().splitlines()
+    if not lines:
         return spec
     try:
         mounts = json.loads(lines[-1]) or []

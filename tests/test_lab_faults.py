@@ -154,14 +154,21 @@ def test_stopped_docker_daemon(lab: Lab, fleet: Workspace) -> None:
     lab.stop_dockerd("registry")
     try:
         run = fleet.fab("setup-registry")
+        # Day-two tasks must not take a silent daemon for a registry that is gone.
+        day_two = {task: fleet.fab(task) for task in ("status", "teardown", "backup")}
     finally:
         lab.start_dockerd("registry")
     assert run.code == 1
     assert "the docker daemon is not reachable" in run.output
     assert "start it" in run.output
     assert "Traceback" not in run.output
+    for task, done in day_two.items():
+        assert done.code == 1, (task, done.output)
+        assert "the docker daemon is not reachable" in done.output, task
+        assert "start docker" in done.output and "Traceback" not in done.output
     again = fleet.fab("setup-registry")
     assert again.code == 0, again.output
+    assert "running" in fleet.fab("status").output  # teardown removed nothing
 
 
 def test_port_held_by_another_program(lab: Lab, fleet: Workspace) -> None:
