@@ -398,7 +398,7 @@ def rotate_cert(
     setup-registry reissues the certificate when they change.
     """
     lifetime = (
-        pki.DEFAULT_SERVER_DAYS
+        None
         if server_days is None
         else positive_int(server_days, "--server-days", pki.MAX_DAYS)
     )

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .addresses import parse_ip
-from .errors import StateError
+from .errors import InputError, StateError
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -55,6 +55,28 @@ def generate_key(key_type: str = DEFAULT_KEY_TYPE) -> PrivateKey:
     raise ValueError(
         f"unknown key type {key_type!r}; use one of {', '.join(KEY_TYPES)}"
     )
+
+
+def key_type_of(key: PrivateKey) -> str:
+    """The ``KEY_TYPES`` name of an existing key."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"rsa-{key.key_size}"
+    return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(
+        key.curve.name, key.curve.name
+    )
+
+
+def lifetime_days(cert: x509.Certificate) -> int:
+    """How many days the certificate was issued for."""
+    return (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+
+
+def is_name_constrained(cert: x509.Certificate) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def general_names(addresses: Sequence[str]) -> list[x509.GeneralName]:
@@ -642,13 +664,16 @@ class StateFolder:
         self,
         addresses: Sequence[str],
         *,
-        key_type: str = DEFAULT_KEY_TYPE,
-        days: int = DEFAULT_CA_DAYS,
-        constrain: bool = True,
+        key_type: str | None = None,
+        days: int | None = None,
+        constrain: bool | None = None,
     ) -> Issued:
         """Reuse the CA, or make the first one; stop rather than replace it.
 
-        Once a rotation has switched, the next CA is the one that signs.
+        ``key_type``, ``days`` and ``constrain`` shape a new CA (None: the default).
+        Given for an existing CA they must describe it: a CA is never changed, and an
+        option it cannot honour is an error, not a silent no-op. Once a rotation has
+        switched, the next CA is the one that signs.
         """
         if self.switched:
             next_ca = self.read_next_ca()  # raises when it has gone missing
@@ -656,8 +681,13 @@ class StateFolder:
                 return Issued(next_ca[0], next_ca[1], None)
         found = self.read_ca()
         if found is None:
-            key = generate_key(key_type)
-            cert = issue_ca(key, addresses, days=days, constrain=constrain)
+            key = generate_key(key_type or DEFAULT_KEY_TYPE)
+            cert = issue_ca(
+                key,
+                addresses,
+                days=days or DEFAULT_CA_DAYS,
+                constrain=constrain is not False,
+            )
             self._make_folder()
             try:
                 write_private_file(self.ca_key_path, key_pem(key))
@@ -673,6 +703,18 @@ class StateFolder:
                 ) from None
             return Issued(cert, key, "created a new CA")
         cert, key = found
+        unmet = []
+        if key_type is not None and key_type_of(key) != key_type:
+            unmet.append(f"--key-type {key_type} (its key is {key_type_of(key)})")
+        if days is not None and lifetime_days(cert) != days:
+            unmet.append(f"--ca-days {days} (it is valid {lifetime_days(cert)} days)")
+        if constrain is False and is_name_constrained(cert):
+            unmet.append("--no-name-constraints (it is name-constrained)")
+        if unmet:
+            raise InputError(
+                f"{self.ca_cert_path}: {'; '.join(unmet)}: options for a new CA, and "
+                "this one stays as it is; drop them, or replace the CA with rotate-ca"
+            )
         if days_left(cert) < 0:
             raise StateError(
                 f"{self.ca_cert_path}: the CA expired on "
@@ -692,12 +734,12 @@ class StateFolder:
         ca: Issued,
         addresses: Sequence[str],
         *,
-        key_type: str = DEFAULT_KEY_TYPE,
-        days: int = DEFAULT_SERVER_DAYS,
+        key_type: str | None = None,
+        days: int | None = None,
         force: bool = False,
     ) -> Issued:
         """Reuse the server certificate unless its addresses, CA or expiry call for
-        a new one."""
+        a new one, or ``key_type`` or ``days`` (None: the default) differ from it."""
         reason = "asked to" if force else "none existed"
         if (
             not force
@@ -708,11 +750,18 @@ class StateFolder:
             key = self._read_key(self.server_key_path)
             matches = _same_public_key(cert, key)
             problem = server_cert_problem(cert, ca.cert, addresses)
+            if problem is None and key_type not in (None, key_type_of(key)):
+                problem = f"--key-type {key_type} asked for another key"
+            clipped = cert.not_valid_after_utc == ca.cert.not_valid_after_utc
+            if problem is None and days not in (None, lifetime_days(cert)):
+                problem = None if clipped else f"--server-days {days} asked for it"
             if matches and problem is None:
                 return Issued(cert, key, None)
             reason = problem or "its key did not match"
-        key = generate_key(key_type)
-        cert = issue_server_cert(ca.cert, ca.key, key, addresses, days=days)
+        key = generate_key(key_type or DEFAULT_KEY_TYPE)
+        cert = issue_server_cert(
+            ca.cert, ca.key, key, addresses, days=days or DEFAULT_SERVER_DAYS
+        )
         try:
             write_private_file(self.server_key_path, key_pem(key))
             write_private_file(self.server_cert_path, cert_pem(cert), mode=0o644)

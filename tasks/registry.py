@@ -604,7 +604,7 @@ def setup_registry(
     container: str | None = None,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
-    key_type: str = pki.DEFAULT_KEY_TYPE,
+    key_type: str | None = None,
     server_days: str | None = None,
     ca_days: str | None = None,
     no_name_constraints: bool = False,
@@ -622,15 +622,17 @@ def setup_registry(
     Safe to re-run: unchanged settings change nothing; changed settings recreate the
     container and keep its data. Next: fab trust-clients.
     """
-    if key_type not in pki.KEY_TYPES:
+    if key_type is not None and key_type not in pki.KEY_TYPES:
         raise InputError(
             f"--key-type {key_type}: use one of {', '.join(pki.KEY_TYPES)}"
         )
-    server_lifetime = positive_int(
-        server_days or pki.DEFAULT_SERVER_DAYS, "--server-days", pki.MAX_DAYS
+    server_lifetime = (
+        None
+        if server_days is None
+        else positive_int(server_days, "--server-days", pki.MAX_DAYS)
     )
-    ca_lifetime = positive_int(
-        ca_days or pki.DEFAULT_CA_DAYS, "--ca-days", pki.MAX_DAYS
+    ca_lifetime = (
+        None if ca_days is None else positive_int(ca_days, "--ca-days", pki.MAX_DAYS)
     )
     if container is not None:
         container = check_container_name(container, "--container")
@@ -656,7 +658,7 @@ def setup_registry(
         key_type=key_type,
         server_days=server_lifetime,
         ca_days=ca_lifetime,
-        constrain=not no_name_constraints,
+        constrain=False if no_name_constraints else None,
         archive=archive,
         replace_ca=replace_ca,
     )
@@ -678,10 +680,10 @@ def certify_and_deploy(
     connection: Connection,
     state: StateFolder,
     *,
-    key_type: str = pki.DEFAULT_KEY_TYPE,
-    server_days: int = pki.DEFAULT_SERVER_DAYS,
-    ca_days: int = pki.DEFAULT_CA_DAYS,
-    constrain: bool = True,
+    key_type: str | None = None,
+    server_days: int | None = None,
+    ca_days: int | None = None,
+    constrain: bool | None = None,
     archive: Path | None = None,
     new_server_cert: bool = False,
     replace_ca: bool = False,

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tasks import pki
-from tasks.errors import StateError
+from tasks.errors import InputError, StateError
 
 ADDRESS = "203.0.113.7"
 
@@ -237,6 +237,51 @@ def test_server_cert_reused_until_addresses_change(tmp_path: Path) -> None:
     moved = state.ensure_server_cert(ca, [ADDRESS, "203.0.113.8"])
     assert moved.change and "differ" in moved.change
     assert pki.cert_addresses(moved.cert) == [ADDRESS, "203.0.113.8"]
+
+
+def test_options_for_a_new_ca_must_describe_an_existing_one(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    made = state.ensure_ca([ADDRESS], key_type="ecdsa-p384", days=1000)
+    same = state.ensure_ca([ADDRESS], key_type="ecdsa-p384", days=1000, constrain=True)
+    assert same.change is None
+    assert pki.fingerprint(same.cert) == pki.fingerprint(made.cert)
+    assert state.ensure_ca([ADDRESS]).change is None  # no option: whatever it is
+
+    with pytest.raises(InputError) as caught:
+        state.ensure_ca([ADDRESS], key_type="rsa-2048", days=90, constrain=False)
+    message = str(caught.value)
+    assert "--key-type rsa-2048 (its key is ecdsa-p384)" in message
+    assert "--ca-days 90 (it is valid 1000 days)" in message
+    assert "--no-name-constraints (it is name-constrained)" in message
+    assert message.endswith("replace the CA with rotate-ca")
+    assert pki.fingerprint(state.read_ca()[0]) == pki.fingerprint(made.cert)
+
+
+def test_server_cert_reissued_for_another_key_type_or_lifetime(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    ca = state.ensure_ca([ADDRESS])
+    first = state.ensure_server_cert(ca, [ADDRESS], days=90)
+    assert pki.lifetime_days(first.cert) == 90
+    assert state.ensure_server_cert(ca, [ADDRESS]).change is None
+    assert state.ensure_server_cert(ca, [ADDRESS], days=90).change is None
+
+    longer = state.ensure_server_cert(ca, [ADDRESS], days=200)
+    assert longer.change and "--server-days 200" in longer.change
+    assert pki.lifetime_days(longer.cert) == 200
+    rsa_cert = state.ensure_server_cert(ca, [ADDRESS], key_type="rsa-2048")
+    assert rsa_cert.change and "--key-type rsa-2048" in rsa_cert.change
+    assert pki.key_type_of(rsa_cert.key) == "rsa-2048"
+    assert state.ensure_server_cert(ca, [ADDRESS], key_type="rsa-2048").change is None
+
+
+def test_server_cert_clipped_to_its_ca_is_not_reissued_for_a_longer_lifetime(
+    tmp_path: Path,
+) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    ca = state.ensure_ca([ADDRESS], days=30)
+    first = state.ensure_server_cert(ca, [ADDRESS], days=397)
+    assert first.cert.not_valid_after_utc == ca.cert.not_valid_after_utc
+    assert state.ensure_server_cert(ca, [ADDRESS], days=397).change is None
 
 
 def test_missing_ca_key_stops_instead_of_replacing(tmp_path: Path) -> None:
