@@ -216,24 +216,29 @@ def test_k3s_registries_yaml_merge(
     config.unlink()
 
 
-ROOTLESS_USER = "reglabrootless"
+@pytest.fixture
+def rootless_user(lab: Lab) -> str:
+    return lab.ensure_user("rootless")
 
 
 @pytest.fixture
-def rootless_docker(lab: Lab) -> Iterator[str]:
-    """A rootless Docker of ROOTLESS_USER on client2; yields its DOCKER_HOST."""
-    lab.ensure_user(ROOTLESS_USER)
-    docker_host = lab.start_rootless_docker("client2", ROOTLESS_USER)
+def rootless_docker(lab: Lab, rootless_user: str) -> Iterator[str]:
+    """A rootless Docker of the rootless user on client2; yields its DOCKER_HOST."""
+    docker_host = lab.start_rootless_docker("client2", rootless_user)
     yield docker_host
-    lab.stop_rootless_docker("client2", ROOTLESS_USER)
+    lab.stop_rootless_docker("client2", rootless_user)
 
 
 def test_rootless_docker_trust_and_untrust(
-    lab: Lab, workspace: Workspace, registry: str, rootless_docker: str
+    lab: Lab,
+    workspace: Workspace,
+    registry: str,
+    rootless_user: str,
+    rootless_docker: str,
 ) -> None:
     address = lab.host("registry").address
     client = lab.host("client2")
-    user = ROOTLESS_USER
+    user = rootless_user
     pull = (
         f"cd / && runuser -u {user} -- env DOCKER_HOST={rootless_docker} "
         f"docker pull {registry}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 
 import pytest
@@ -11,24 +12,25 @@ from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 
-USER = "regdeploy"
-PASSWORD = "lab-sudo-password"
+#: Made for each run: the user exists on the control machine while the lab is up.
+PASSWORD = secrets.token_urlsafe(16)
 
 
 @pytest.fixture(scope="module")
 def deploy_user(lab: Lab) -> str:
     """A user on every lab host (they share /etc/passwd); sudo rights per host."""
-    lab.ensure_user(USER)
-    subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True)
-    return USER
+    user = lab.ensure_user("deploy")
+    subprocess.run(["chpasswd"], input=f"{user}:{PASSWORD}\n", text=True, check=True)
+    return user
 
 
 def grant(lab: Lab, name: str, rule: str | None) -> None:
-    sudoers = lab.host(name).files / "etc/sudoers.d" / USER
+    user = lab.ensure_user("deploy")
+    sudoers = lab.host(name).files / "etc/sudoers.d" / user
     if rule is None:
         sudoers.unlink(missing_ok=True)
     else:
-        sudoers.write_text(f"{USER} ALL=(ALL) {rule}\n")
+        sudoers.write_text(f"{user} ALL=(ALL) {rule}\n")
         sudoers.chmod(0o440)
 
 

@@ -214,6 +214,7 @@ class Lab:
         network.remove_bridge_forwarding(self.naming)
         for host in self._hosts:
             (host.home / "init.pid").unlink(missing_ok=True)
+        self._remove_users()
         self._state_file.unlink(missing_ok=True)
         self._hosts = []
 
@@ -276,16 +277,39 @@ class Lab:
         daemons.start_dockerd(host, self.naming.cgroup(name))
         daemons.wait_for_dockerd(host)
 
-    def ensure_user(self, user: str) -> None:
-        """A login user on every host: hosts share /etc/passwd, each has its own
-        /home. useradd also gives the user subordinate ids, for rootless Docker."""
+    def ensure_user(self, role: str) -> str:
+        """A login user named for this lab and ``role`` on every host; return its name.
+
+        Hosts share the control machine's /etc/passwd, so the user is made there, its
+        name starts with the lab's prefix, and down() deletes it again. Each host has
+        its own /home. useradd also gives the user subordinate ids, for rootless
+        Docker.
+        """
+        user = f"{self.naming.prefix}-{role}"
         if subprocess.run(["id", user], capture_output=True, check=False).returncode:
             run_local(["useradd", "--no-create-home", "--shell", "/bin/sh", user])
+        with self._users_file.open("a") as users:
+            users.write(user + "\n")
         for host in self._hosts:
             host.run(
                 f"home=$(getent passwd {user} | cut -d: -f6); "
                 f'mkdir -p "$home" && chown {user}: "$home" && chmod 0700 "$home"'
             )
+        return user
+
+    @property
+    def _users_file(self) -> Path:
+        return self.workdir / "users"
+
+    def _remove_users(self) -> None:
+        try:
+            users = set(self._users_file.read_text().split())
+        except OSError:
+            return
+        for user in sorted(users):
+            if user.startswith(f"{self.naming.prefix}-"):
+                subprocess.run(["userdel", user], capture_output=True, check=False)
+        self._users_file.unlink(missing_ok=True)
 
     def start_rootless_docker(self, name: str, user: str) -> str:
         """Start ``user``'s rootless Docker on host ``name``; return its DOCKER_HOST."""
