@@ -47,7 +47,7 @@ from .options import (
     targets_from_hosts,
 )
 from .pki import StateFolder
-from .registry import warn_expiry
+from .registry import warn_expiry_of
 from .remote import (
     DEFAULT_WORKERS,
     FileReport,
@@ -551,7 +551,7 @@ def prepare_fleet_run(
     state = StateFolder(Path(pki_dir))
     state.check_serves(address, "--registry" if registry else "registry.address")
     ca_pem = state.trust_bundle()
-    warn_expiry(state.read_ca_cert(), "CA", state.ca_cert_path)
+    warn_expiry_of(state)
     fleet = Fleet.from_config(c.config)
     if workers is not None:
         fleet.workers = positive_int(workers, "--workers", 1000)

@@ -33,6 +33,7 @@ from .registry import (
     live_spec,
     open_registry,
     wait_for_tls,
+    warn_expiry_of,
 )
 from .remote import failure_line, host_label, positive_int, run_as_root
 from .report import (
@@ -456,6 +457,7 @@ def logs(
             host_label(connection), "no registry container; run setup-registry"
         )
     count = positive_int(lines, "--lines", 1_000_000)
+    warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
     command = f"docker logs --tail {count} {'--follow ' if follow else ''}"
     prefix = "" if connection.user == "root" else "sudo "
     connection.run(
@@ -500,6 +502,7 @@ def restart(
         details.append(f"https://{spec.authority}/v2/ serves TLS again")
     outcome = Outcome(host, CHANGED, details)
     log_outcome(outcome)
+    warn_expiry_of(state)
     finish([outcome])
 
 

@@ -727,6 +727,7 @@ def certify_and_deploy(
     log_outcome(outcome)
     log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
     warn_expiry(ca.cert, "CA", state.ca_cert_path)
+    warn_expiry(server.cert, "server certificate", state.server_cert_path)
     note = ipv6_names_note(spec.address, spec.authority)
     if note:
         log.warning("%s", note)
@@ -1080,14 +1081,34 @@ def verify_registry(
     )
 
 
+#: What renews each kind of certificate, for the warning.
+RENEWAL = {"CA": "fab rotate-ca", "server certificate": "fab rotate-cert"}
+
+
 def warn_expiry(cert: x509.Certificate, what: str, path: Path) -> None:
     """Warn ahead of time; an expired CA or certificate stops every pull."""
     left = pki.days_left(cert)
-    if left < pki.RENEW_DAYS:
-        log.warning(
-            "warning: the %s (%s) expires in %d days, on %s",
-            what,
-            path,
-            left,
-            f"{cert.not_valid_after_utc:%Y-%m-%d}",
-        )
+    if left >= pki.RENEW_DAYS:
+        return
+    day = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+    when = f"expired on {day}" if left < 0 else f"expires in {left} days, on {day}"
+    log.warning(
+        "warning: the %s (%s) %s; renew it: %s", what, path, when, RENEWAL[what]
+    )
+
+
+def warn_expiry_of(state: StateFolder) -> None:
+    """Warn of the state folder's CA and server certificate, where they can be read.
+
+    For tasks that do not use them otherwise: a missing or damaged file is the
+    business of the tasks that do.
+    """
+    for what, path in (
+        ("CA", state.ca_cert_path),
+        ("server certificate", state.server_cert_path),
+    ):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        warn_expiry(cert, what, path)

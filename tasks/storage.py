@@ -29,6 +29,7 @@ from .registry import (
     live_spec,
     open_registry,
     wait_for_tls,
+    warn_expiry_of,
 )
 from .remote import failure_line, host_label, run_as_root
 from .report import (
@@ -153,6 +154,7 @@ def garbage_collect(
     status = CHANGED if freed > 0 else UNCHANGED
     outcome = Outcome(host, status, details)
     log_outcome(outcome)
+    warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
     finish([outcome])
 
 
@@ -296,6 +298,7 @@ def backup(c: Context, inventory: str | None = None, output: str | None = None) 
     size = target.stat().st_size
     outcome = Outcome(host, CHANGED, [f"wrote {target} ({size_text(size)})"])
     log_outcome(outcome)
+    warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
     finish([outcome], f"restore with: fab restore --archive {target}")
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks import pki
 from tasks.errors import HostError, InputError
 from tasks.inventory import RegistrySettings, parse_inventory
+from tasks.pki import StateFolder
 from tasks.registry import (
     MANAGED_LABEL,
     SPEC_LABEL,
@@ -24,6 +26,7 @@ from tasks.registry import (
     resolve_spec,
     run_arguments,
     spec_hash,
+    warn_expiry_of,
 )
 
 SPEC = RegistrySpec(
@@ -214,3 +217,26 @@ def test_public_addresses_are_flagged() -> None:
     public = RegistrySpec(**{**SPEC.__dict__, "address": "8.8.8.8"})
     assert public_addresses(public) == ["8.8.8.8"]
     assert public_addresses(SPEC) == []  # documentation and private ranges
+
+
+def test_every_task_warns_of_a_certificate_near_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = StateFolder(tmp_path / "pki")
+    ca = state.ensure_ca([SPEC.address])
+    server = state.ensure_server_cert(ca, [SPEC.address], days=10)
+    with caplog.at_level("WARNING", logger="tasks"):
+        warn_expiry_of(state)
+    ends = f"{server.cert.not_valid_after_utc:%Y-%m-%d}"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"warning: the server certificate ({state.server_cert_path}) expires in "
+        f"{pki.days_left(server.cert)} days, on {ends}; renew it: fab rotate-cert"
+    ]
+
+
+def test_no_warning_without_a_state_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="tasks"):
+        warn_expiry_of(StateFolder(tmp_path / "nothing"))
+    assert caplog.records == []
