@@ -486,8 +486,14 @@ def prepare_fleet_run(
     pki_dir: str,
     workers: int | None,
     rootless_users: str | None = None,
+    installs: bool = True,
 ) -> FleetRun | None:
-    """Load and check everything; None when an earlier -H call did the work already."""
+    """Load and check everything; None when an earlier -H call did the work already.
+
+    ``installs``: the run may put the CA on clients, so the state folder must serve
+    the registry address. Removing needs no such proof (only our own files go), and
+    must still work for an address the certificate no longer holds.
+    """
     if task_name in _ran:
         return None
     _ran.add(task_name)
@@ -549,7 +555,8 @@ def prepare_fleet_run(
         refuse_example_address(client.target.host, source)
     # During a CA rotation this is the current CA followed by the next one.
     state = StateFolder(Path(pki_dir))
-    state.check_serves(address, "--registry" if registry else "registry.address")
+    if installs:
+        state.check_serves(address, "--registry" if registry else "registry.address")
     ca_pem = state.trust_bundle()
     warn_expiry_of(state)
     fleet = Fleet.from_config(c.config)
@@ -789,6 +796,7 @@ def untrust_clients(
         pki_dir,
         workers,
         rootless_users,
+        installs=False,
     )
     if run is None:
         return

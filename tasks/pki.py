@@ -724,8 +724,9 @@ class StateFolder:
         if refused:
             raise StateError(
                 f"{self.ca_cert_path}: the CA's name constraints do not permit "
-                f"{', '.join(refused)}; rotate the CA with rotate-ca to include it, or "
-                "drop the address"
+                f"{', '.join(refused)}; to include it, add it to "
+                "registry.extra_addresses in the inventory and rotate the CA with "
+                "rotate-ca, or drop the address"
             )
         return Issued(cert, key, None)
 

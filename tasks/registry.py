@@ -707,6 +707,7 @@ def certify_and_deploy(
         ca = state.ensure_ca(
             spec.addresses, key_type=key_type, days=ca_days, constrain=constrain
         )
+        before = served_addresses(state)
         server = state.ensure_server_cert(
             ca,
             spec.addresses,
@@ -714,6 +715,11 @@ def certify_and_deploy(
             days=server_days,
             force=new_server_cert,
         )
+        dropped = [
+            address
+            for address in before
+            if address not in pki.cert_addresses(server.cert)
+        ]
         changes = before_deploy(probe) if before_deploy is not None else []
         if changes:
             notes = [*notes, *changes]
@@ -725,6 +731,14 @@ def certify_and_deploy(
             outcome.details.insert(0, change)
             outcome.status = CHANGED
     log_outcome(outcome)
+    if dropped:
+        log.warning(
+            "warning: the new certificate leaves out %s, which neither the options "
+            "nor the inventory name any more: clients that use it will fail; to keep "
+            "it, add it to registry.extra_addresses in the inventory and run "
+            "setup-registry again",
+            ", ".join(dropped),
+        )
     log.info("CA fingerprint (SHA-256): %s", pki.fingerprint(ca.cert))
     warn_expiry(ca.cert, "CA", state.ca_cert_path)
     warn_expiry(server.cert, "server certificate", state.server_cert_path)
@@ -1095,6 +1109,15 @@ def warn_expiry(cert: x509.Certificate, what: str, path: Path) -> None:
     log.warning(
         "warning: the %s (%s) %s; renew it: %s", what, path, when, RENEWAL[what]
     )
+
+
+def served_addresses(state: StateFolder) -> list[str]:
+    """The addresses of the state folder's server certificate; none if unreadable."""
+    try:
+        cert = x509.load_pem_x509_certificate(state.server_cert_path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return pki.cert_addresses(cert)
 
 
 def warn_expiry_of(state: StateFolder) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -100,3 +101,61 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     gone = run_on(lab, "client1", f"docker rmi {image} && docker pull {image}")
     assert gone.returncode != 0
     assert workspace.fab("untrust-clients").code == 0
+
+
+def test_extra_address_is_served_and_a_dropped_one_is_named(
+    lab: Lab, workspace: Workspace, tmp_path: Path
+) -> None:
+    registry = lab.host("registry")
+    client = lab.host("client1").address
+    # A second address on the registry host, as a private IP beside a public one.
+    extra = registry.address.rsplit(".", 1)[0] + ".200"
+    added = run_on(lab, "registry", f"ip addr add {extra}/24 dev eth0")
+    assert added.returncode == 0, added.stderr
+    workspace.write_inventory(
+        {
+            "registry": {"address": registry.address},
+            "clients": [client],
+            "runtimes": ["docker"],
+        }
+    )
+    # Clients that name the registry by its extra address: no inventory, our pki/.
+    by_extra = Workspace(lab, tmp_path / "by-extra")
+    by_extra.folder.mkdir()
+    pki_dir = str(workspace.folder / "pki")
+    image = "lab/extra:1"
+    try:
+        setup = workspace.fab(
+            "setup-registry",
+            "--image-archive", str(lab.registry_image_archive()),
+            "--extra-address", extra,
+            "--replace-ca",  # the module's registry host has another test's CA
+        )  # fmt: skip
+        assert setup.code == 0, setup.output
+        trust = by_extra.fab(
+            "-H", client, "trust-clients", "--registry", extra,
+            "--runtimes", "docker", "--pki-dir", pki_dir,
+        )  # fmt: skip
+        assert trust.code == 0, trust.output
+        lab.build_test_image("client1", f"{extra}:5000/{image}")
+        pushed = run_on(lab, "client1", f"docker push {extra}:5000/{image}")
+        assert pushed.returncode == 0, pushed.stderr
+
+        # The same command without the option: the address goes, and is named.
+        again = workspace.fab("setup-registry")
+        assert again.code == 0, again.output
+        assert f"the new certificate leaves out {extra}" in again.output
+        assert "registry.extra_addresses" in again.output
+        refused = run_on(lab, "client1", f"docker pull {extra}:5000/{image}")
+        assert refused.returncode != 0
+        assert "x509" in refused.stderr
+
+        # The trust for the address the certificate dropped can still be removed.
+        untrust = by_extra.fab(
+            "-H", client, "untrust-clients", "--registry", extra,
+            "--runtimes", "docker", "--pki-dir", pki_dir,
+        )  # fmt: skip
+        assert untrust.code == 0, untrust.output
+        assert f"removed /etc/docker/certs.d/{extra}:5000/ca.crt" in untrust.output
+    finally:
+        run_on(lab, "registry", f"ip addr del {extra}/24 dev eth0")
