@@ -508,8 +508,9 @@ def restart(
 
 TEARDOWN_HELP = {
     "inventory": HELP_INVENTORY,
-    "purge_data": "Also delete the registry's data (every image) and its TLS files on "
-    "the host. Without it they are kept.",
+    "purge_data": "Also delete the registry's data (every image), its TLS files and "
+    "its users file on the host; a later setup-registry starts an empty registry "
+    "without login. Without it they are kept.",
 }
 
 
@@ -520,8 +521,9 @@ def teardown(
 ) -> None:
     """Remove the registry container; keep its data, TLS files and the local pki/.
 
-    With --purge-data, the data (volume or folder) and REMOTE_DIR go too. The CA in
-    pki/ is never deleted: clients still trust it, and untrust-clients needs it.
+    With --purge-data, the data (volume or folder) and REMOTE_DIR (the TLS files and
+    the users file) go too. The CA in pki/ is never deleted: clients still trust it,
+    and untrust-clients needs it.
     """
     spec, connection = open_registry(c, inventory)
     spec = live_spec(connection, spec)
@@ -535,15 +537,21 @@ def teardown(
         lines.append("echo 'removed container'")
     if purge_data:
         data = shlex.quote(spec.data)
-        if spec.data.startswith("/"):
-            lines.append(f"[ -d {data} ] && rm -rf {data} && echo 'removed data'")
-        else:
-            lines.append(
-                f"docker volume rm {data} >/dev/null 2>&1 && echo 'removed data'"
-            )
-        remote_dir = shlex.quote(spec.remote_dir)
+        said = shlex.quote(f"removed the data ({spec.data}): every image")
+        # A folder that is a mount point stays, emptied: that counts as removed.
         lines.append(
-            f"[ -d {remote_dir} ] && rm -rf {remote_dir} && echo 'removed TLS files'"
+            'purge() { [ -d "$1" ] || return 0; rm -rf "$1" 2>/dev/null; '
+            'if [ -n "$(ls -A "$1" 2>/dev/null)" ]; then '
+            'echo "could not remove $1: $(rm -rf "$1" 2>&1 | tail -n 1)" >&2; exit 1; '
+            'fi; echo "$2"; }'
+        )
+        if spec.data.startswith("/"):
+            lines.append(f"purge {data} {said}")
+        else:
+            lines.append(f"docker volume rm {data} >/dev/null 2>&1 && echo {said}")
+        lines.append(
+            f"purge {shlex.quote(spec.remote_dir)} "
+            f"{shlex.quote(f'removed {spec.remote_dir} (TLS files and users)')}"
         )
     lines.append("true")
     result = run_as_root(connection, "\n".join(lines) + "\n", what="teardown")
@@ -552,8 +560,9 @@ def teardown(
     done = [line for line in result.stdout.splitlines() if line.startswith("removed")]
     if not purge_data:
         done.append(
-            f"kept the data ({spec.data}) and the TLS files ({spec.remote_dir}): "
-            "setup-registry brings the registry back with its images"
+            f"kept the data ({spec.data}), the TLS files and users "
+            f"({spec.remote_dir}): setup-registry brings the registry back with its "
+            "images"
         )
     done.append("kept pki/ (the CA clients trust): untrust-clients still needs it")
     status_word = (

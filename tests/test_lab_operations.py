@@ -96,7 +96,10 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     )
 
     # With --purge-data the images go as well.
-    assert workspace.fab("teardown", "--purge-data").code == 0
+    purged = workspace.fab("teardown", "--purge-data")
+    assert purged.code == 0, purged.output
+    assert "removed the data (registry-data): every image" in purged.output
+    assert "removed /opt/registry (TLS files and users)" in purged.output
     assert workspace.fab("setup-registry").code == 0
     gone = run_on(lab, "client1", f"docker rmi {image} && docker pull {image}")
     assert gone.returncode != 0
