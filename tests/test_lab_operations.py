@@ -162,3 +162,45 @@ def test_extra_address_is_served_and_a_dropped_one_is_named(
         assert f"removed /etc/docker/certs.d/{extra}:5000/ca.crt" in untrust.output
     finally:
         run_on(lab, "registry", f"ip addr del {extra}/24 dev eth0")
+
+
+def test_data_in_a_host_folder(lab: Lab, workspace: Workspace) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client1").address
+    image = f"{address}:5000/lab/folder:1"
+    workspace.write_inventory(
+        {
+            "registry": {"address": address, "data": "/srv/registry"},
+            "clients": [client],
+            "runtimes": ["docker"],
+        }
+    )
+    setup = workspace.fab(
+        "setup-registry",
+        "--image-archive", str(lab.registry_image_archive()),
+        "--replace-ca",  # the module's registry host has another test's CA
+    )  # fmt: skip
+    assert setup.code == 0, setup.output
+    assert workspace.fab("trust-clients").code == 0
+    lab.build_test_image("client1", image)
+    assert run_on(lab, "client1", f"docker push {image}").returncode == 0
+    folder = lab.host("registry").files / "srv/registry"
+    assert (folder / "docker/registry/v2/repositories/lab/folder").is_dir()
+    assert json.loads(workspace.fab("status", "--json").output)["data"] == (
+        "/srv/registry"
+    )
+
+    # The folder outlives the container, and is gone only when asked.
+    down = workspace.fab("teardown")
+    assert "kept the data (/srv/registry)" in down.output
+    assert workspace.fab("setup-registry").code == 0
+    assert run_on(lab, "client1", f"docker rmi {image}").returncode == 0
+    assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+    purged = workspace.fab("teardown", "--purge-data")
+    assert purged.code == 0, purged.output
+    assert "removed the data (/srv/registry): every image" in purged.output
+    assert list(folder.iterdir()) == []
+    assert workspace.fab("setup-registry").code == 0
+    assert run_on(lab, "client1", f"docker rmi {image}").returncode == 0
+    assert run_on(lab, "client1", f"docker pull {image}").returncode != 0
+    assert workspace.fab("untrust-clients").code == 0

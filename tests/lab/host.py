@@ -44,6 +44,7 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
     PrivateDir("/etc/ssl/certs", seed=True),
     PrivateDir("/usr/local/share/ca-certificates"),
     PrivateDir("/opt/registry"),
+    PrivateDir("/srv/registry"),  # the registry's data in a host folder (--data)
     PrivateDir("/root/.docker"),
     PrivateDir("/var/lib/docker"),
     PrivateDir("/var/lib/containerd"),
