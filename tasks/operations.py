@@ -237,7 +237,9 @@ def status(
 
     Reads the registry host over SSH (nothing changes) and checks
     https://ADDRESS:PORT/v2/ from here with the CA in the state folder. The TLS line
-    says what fails when the check does not pass. Use --json for scripts.
+    says what fails when the check does not pass. The certificate shown is the one
+    installed on the host. Exits 1 when the registry is not running or fails the TLS
+    check. Use --json for scripts.
     """
     spec, connection = open_registry(c, inventory)
     spec = live_spec(connection, spec)
@@ -260,6 +262,20 @@ def status(
         print(_json_dump(asdict(found)))
     else:
         print(format_status(found))
+    trouble = serving_problem(found)
+    if trouble:
+        raise Exit(f"error: {found.host}: {trouble}", code=1)
+
+
+def serving_problem(found: Status) -> str | None:
+    """Why the registry does not serve, for status's exit code; None when it does."""
+    if found.state == "missing":
+        return "no registry container; run setup-registry"
+    if found.state != "running":
+        return f"the registry container is {found.state}; run restart or setup-registry"
+    if found.tls is not None and not found.tls.startswith("ok"):
+        return f"the TLS check is {found.tls}; see fab logs, then run setup-registry"
+    return None
 
 
 def _json_dump(value: Any) -> str:
@@ -324,7 +340,8 @@ def check_expiry(
     Reads pki/ca.crt and pki/server.crt here, and the certificate the registry
     actually serves (a TLS handshake to ADDRESS:PORT, no SSH). Meant for cron, with
     --quiet: nothing printed and exit 0 while all is well; otherwise the dates and
-    exit 1, saying what to renew (rotate-cert, or rotate-ca).
+    exit 1, saying what to renew (rotate-cert, or rotate-ca). A registry that cannot
+    be reached from here is an error too: its certificate could not be checked.
     """
     threshold = pki.RENEW_DAYS if days is None else positive_int(days, "--days", 36500)
     state = StateFolder(Path(pki_dir))
@@ -343,12 +360,19 @@ def check_expiry(
     else:
         found.append(Expiry(f"served by {spec.authority}", None, problem=served))
     lines, failing = expiry_lines(found, threshold)
-    for line in lines if failing or not quiet else []:
+    unchecked = [item.what for item in found if item.days_left is None]
+    for line in lines if failing or unchecked or not quiet else []:
         log.info("%s", line)
     if failing:
         raise Exit(
             f"error: a certificate expires within {threshold} days; run rotate-cert "
             "(server certificate) or rotate-ca (CA)",
+            code=1,
+        )
+    if unchecked:
+        raise Exit(
+            f"error: could not check the certificate {unchecked[0]}; is the registry "
+            "up (fab status)? Run check-expiry where its address is reachable",
             code=1,
         )
 

@@ -88,6 +88,14 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     assert down.code == 0, down.output
     assert "removed container" in down.output and "kept the data" in down.output
     assert "recap: 1 host: 1 unchanged" in workspace.fab("teardown").output
+    # Scripts and cron hear of a registry that serves nothing.
+    stopped = workspace.fab("status")
+    assert stopped.code == 1
+    assert "no registry container; run setup-registry" in stopped.output
+    unchecked = workspace.fab("check-expiry", "--quiet")
+    assert unchecked.code == 1
+    assert f"served by {address}:5000: not checked (cannot connect" in unchecked.output
+    assert "could not check the certificate" in unchecked.output
     assert run_on(lab, "client1", f"docker pull {image}").returncode != 0
     assert workspace.fab("setup-registry").code == 0
     assert (
