@@ -8,6 +8,7 @@ setup-registry, trust-clients, push and pull. Run it with ``make demo``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -30,8 +31,14 @@ def say(text: str) -> None:
 def fab(lab: Lab, workspace: Path, *args: str, expect_ok: bool = True) -> None:
     command = [str(Path(sys.executable).parent / "fab"), "--search-root", str(PROJECT),
                "-f", str(lab.fabric_config()), *args]  # fmt: skip
-    shown = ["fab", "-f", str(lab.fabric_config().relative_to(PROJECT)), *args]
-    print(f"$ {shlex.join(shown)}", flush=True)
+    # Shown as it can be pasted from the workspace, where the demo runs it.
+    shown = [
+        "fab", "--search-root", os.path.relpath(PROJECT, workspace),
+        "-f", os.path.relpath(lab.fabric_config(), workspace),
+        *(os.path.relpath(arg, workspace) if arg.startswith("/") else arg
+          for arg in args),
+    ]  # fmt: skip
+    print(f"{workspace.relative_to(PROJECT)}$ {shlex.join(shown)}", flush=True)
     done = subprocess.run(command, cwd=workspace, check=False, stdin=subprocess.DEVNULL)
     if (done.returncode == 0) != expect_ok:
         sys.exit(f"demo failed: fab {' '.join(args)} exited {done.returncode}")
