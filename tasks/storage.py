@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import re
 import shlex
+import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -176,6 +177,47 @@ tar --create --gzip --file {shlex.quote(archive)} "$@" || exit 1
     return while_stopped(spec, work)
 
 
+def check_backup_archive(path: Path, option: str = "--archive") -> None:
+    """Refuse, before anything is uploaded, an archive that backup did not make.
+
+    A backup holds folders and regular files under ``data/`` and files directly in
+    ``auth/``, nothing else. A link, a device, an absolute path or ``..`` could
+    make the restore write, or move, files outside the registry's folders.
+    """
+
+    def refuse(reason: str) -> InputError:
+        return InputError(
+            f"{option} {path}: {reason}; restore only takes a .tar.gz made by "
+            "fab backup"
+        )
+
+    found_data = False
+    try:
+        with tarfile.open(path, mode="r:gz") as archive:
+            for member in archive:
+                name = member.name.removeprefix("./")
+                if name in ("", ".") and member.isdir():
+                    continue  # the top folder itself
+                parts = name.split("/")
+                shown = name if name.isprintable() else repr(name)
+                if name.startswith("/") or ".." in parts:
+                    raise refuse(f"{shown} lies outside the archive")
+                if not (member.isfile() or member.isdir()):
+                    raise refuse(f"{shown} is a link or a special file")
+                if parts[0] == "data":
+                    found_data = True
+                elif (
+                    parts[0] != "auth"
+                    or len(parts) > 2
+                    or (len(parts) == 2 and not member.isfile())
+                ):
+                    raise refuse(f"{shown} is neither registry data nor users")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise refuse(f"cannot read it as a .tar.gz ({exc})") from None
+    if not found_data:
+        raise refuse("it holds no data/ folder")
+
+
 def render_restore(spec: RegistrySpec, archive: str, stamp: str) -> str:
     """Unpack ``archive``; the data it replaces is moved aside, never deleted."""
     aside = f".before-restore-{stamp}"
@@ -186,8 +228,10 @@ mkdir -p "$root" || exit 1
 staging=$(mktemp -d "$root/.restore-XXXXXX") || exit 1
 tar --extract --gzip --file {shlex.quote(archive)} -C "$staging" \\
   || {{ rm -rf "$staging"; exit 5; }}
-if [ ! -d "$staging/data" ]; then
-  rm -rf "$staging"; echo "not a backup of ours" >&2; exit 5
+# Checked here as well: only folders and files, so nothing below can be led away.
+if [ ! -d "$staging/data" ] || [ -L "$staging/data" ] \
+   || [ -n "$(find "$staging" ! -type f ! -type d | head -n 1)" ]; then
+  rm -rf "$staging"; echo "not a backup of ours (links or special files)" >&2; exit 5
 fi
 if [ -e "$root/docker" ]; then
   mkdir -p "$root/{aside}" && mv "$root/docker" "$root/{aside}/" || exit 1
@@ -299,7 +343,7 @@ def backup(c: Context, inventory: str | None = None, output: str | None = None) 
     outcome = Outcome(host, CHANGED, [f"wrote {target} ({size_text(size)})"])
     log_outcome(outcome)
     warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
-    finish([outcome], f"restore with: fab restore --archive {target}")
+    finish([outcome], f"restore with: fab restore --archive {shlex.quote(str(target))}")
 
 
 RESTORE_HELP = {
@@ -326,6 +370,7 @@ def restore(
     source = Path(archive)
     if not source.is_file():
         raise InputError(f"--archive {archive}: no such file")
+    check_backup_archive(source)
     spec, connection = open_registry(c, inventory)
     spec = live_spec(connection, spec)
     host = host_label(connection)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+import tarfile
 
 import pytest
 
@@ -68,7 +70,28 @@ def test_garbage_collect_backup_and_restore(lab: Lab, workspace: Workspace) -> N
     bogus.write_bytes(b"not a tarball")
     refused = workspace.fab("restore", "--archive", "bogus.tar.gz")
     assert refused.code == 1
-    assert "restore failed" in refused.output
+    assert "cannot read it as a .tar.gz" in refused.output
+    assert "upload" not in refused.output  # refused before anything went up
+
+    # An archive whose users folder is a link: it must not move the files it
+    # points to (on a real host, /etc).
+    victim = lab.host("registry").files / "opt/registry/victim"
+    victim.mkdir()
+    (victim / "keep.conf").write_text("mine\n")
+    hostile = workspace.folder / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        folder = tarfile.TarInfo("data/docker")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        link = tarfile.TarInfo("auth")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/opt/registry/victim"
+        tar.addfile(link)
+    refused = workspace.fab("restore", "--archive", str(hostile))
+    assert refused.code == 1
+    assert "auth is a link or a special file" in refused.output
+    assert (victim / "keep.conf").read_text() == "mine\n"
+    shutil.rmtree(victim)
     assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
 
     # A backup with users, restored into a registry that asks no login: the

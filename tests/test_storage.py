@@ -1,0 +1,114 @@
+"""Backup archives: what restore accepts before anything is uploaded."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import InputError
+from tasks.storage import check_backup_archive
+
+
+def make_archive(path: Path, members: list[tarfile.TarInfo]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for member in members:
+            content = b"x" * member.size if member.isfile() else None
+            archive.addfile(member, io.BytesIO(content) if content else None)
+    return path
+
+
+def entry(
+    name: str, kind: bytes = tarfile.REGTYPE, target: str = ""
+) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = target
+    member.size = 1 if kind == tarfile.REGTYPE else 0
+    return member
+
+
+def test_a_backup_made_the_way_backup_makes_it_is_accepted(tmp_path: Path) -> None:
+    root = tmp_path / "root" / "docker" / "registry" / "v2"
+    root.mkdir(parents=True)
+    (root / "blob").write_text("x")
+    (tmp_path / "remote" / "auth").mkdir(parents=True)
+    (tmp_path / "remote" / "auth" / "htpasswd").write_text("alice:$2y$...\n")
+    archive = tmp_path / "backup.tar.gz"
+    subprocess.run(
+        ["tar", "--create", "--gzip", "--file", str(archive),
+         "-C", str(tmp_path / "root"), "--transform", r"s,^\./,data/,", ".",
+         "-C", str(tmp_path / "remote"), "auth"],
+        check=True,
+    )  # fmt: skip
+    check_backup_archive(archive)
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        # The field's ways of leading an unpack astray.
+        (
+            [entry("data/docker/x"), entry("auth", tarfile.SYMTYPE, "/etc")],
+            "auth is a link or a special file",
+        ),
+        (
+            [entry("data", tarfile.SYMTYPE, "/tmp/victim")],
+            "data is a link or a special file",
+        ),
+        (
+            [entry("data/docker", tarfile.SYMTYPE, "/etc")],
+            "data/docker is a link or a special file",
+        ),
+        (
+            [
+                entry("data/docker/x"),
+                entry("auth/htpasswd", tarfile.SYMTYPE, "/etc/shadow"),
+            ],
+            "auth/htpasswd is a link or a special file",
+        ),
+        (
+            [entry("data/docker/x"), entry("data/y", tarfile.LNKTYPE, "/etc/passwd")],
+            "data/y is a link or a special file",
+        ),
+        (
+            [entry("data/docker/x"), entry("data/dev", tarfile.CHRTYPE)],
+            "data/dev is a link or a special file",
+        ),
+        ([entry("data/../../etc/cron.d/x")], "lies outside the archive"),
+        ([entry("/etc/passwd")], "lies outside the archive"),
+        (
+            [entry("data/docker/x"), entry("etc/passwd")],
+            "etc/passwd is neither registry data nor users",
+        ),
+        (
+            [entry("data/docker/x"), entry("auth/sub/file")],
+            "auth/sub/file is neither registry data nor users",
+        ),
+        ([entry("auth/htpasswd")], "it holds no data/ folder"),
+        (
+            [entry("data/docker/x"), entry("evil\nname")],
+            "'evil\\nname' is neither registry data nor users",
+        ),
+    ],
+)
+def test_archives_that_backup_never_makes_are_refused(
+    tmp_path: Path, members: list[tarfile.TarInfo], reason: str
+) -> None:
+    archive = make_archive(tmp_path / "hostile.tar.gz", members)
+    with pytest.raises(InputError) as caught:
+        check_backup_archive(archive)
+    message = str(caught.value)
+    assert reason in message
+    assert message.startswith(f"--archive {archive}: ")
+    assert message.endswith("restore only takes a .tar.gz made by fab backup")
+
+
+def test_a_file_that_is_no_tar_gz_is_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "bad.tar.gz"
+    garbage.write_bytes(b"not an archive at all")
+    with pytest.raises(InputError, match=r"cannot read it as a \.tar\.gz"):
+        check_backup_archive(garbage)
