@@ -20,6 +20,7 @@ from .addresses import (
     SshTarget,
     check_address,
     check_port,
+    parse_ip,
     parse_ssh_target,
 )
 from .errors import InputError
@@ -96,8 +97,10 @@ def _construct_unique_mapping(
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, Mapping | list):
-            continue
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping refuses it, with its line
         if key in seen:
             line = key_node.start_mark.line + 1
             raise yaml.constructor.ConstructorError(
@@ -116,9 +119,21 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+#: Far more than any fleet's inventory; a larger file is not one.
+MAX_INVENTORY_BYTES = 4 * 1024 * 1024
+
+
 def load_inventory(path: Path) -> Inventory:
     """Read and validate the inventory at ``path``."""
     try:
+        # A pipe or a device (--inventory /dev/zero) would hang or never end.
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise InputError(f"{path}: not a regular file; pass the inventory file")
+        if path.is_file() and path.stat().st_size > MAX_INVENTORY_BYTES:
+            raise InputError(
+                f"{path}: larger than {MAX_INVENTORY_BYTES // 1024 // 1024} MiB, too "
+                "large for an inventory; pass the inventory file"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(
@@ -197,7 +212,7 @@ def _registry(section: object, name: str) -> RegistrySettings:
             for index, item in enumerate(extras)
         ),
         ssh=_optional(section, "ssh", lambda v: parse_ssh_target(v, key("ssh"))),
-        image=_optional(section, "image", lambda v: _text(v, key("image"))),
+        image=_optional(section, "image", lambda v: check_image(v, key("image"))),
         data=_optional(section, "data", lambda v: check_data(v, key("data"))),
         remote_dir=_optional(
             section, "remote_dir", lambda v: check_remote_dir(v, key("remote_dir"))
@@ -249,7 +264,7 @@ def _clients(
             target = parse_ssh_target(entry, where)
             runtimes = default_runtimes
             users = default_users
-        identity = (target.host, target.port)
+        identity = (_host_identity(target.host), target.port or 22)
         if identity in seen:
             raise InputError(
                 f"{where}: {target} is listed twice (also clients[{seen[identity]}]); "
@@ -258,6 +273,12 @@ def _clients(
         seen[identity] = index
         clients.append(Client(target, runtimes, users))
     return tuple(clients)
+
+
+def _host_identity(host: str) -> str:
+    """One spelling per host: IPv6 compressed, names in lower case."""
+    ip = parse_ip(host)
+    return str(ip) if ip is not None else host.lower()
 
 
 def check_user_names(value: object, where: str) -> tuple[str, ...]:
@@ -335,6 +356,36 @@ SYSTEM_FOLDERS = frozenset(
 )  # fmt: skip
 
 
+#: Trees of the system and of other programs: nothing of ours goes inside them.
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run",
+    "/sbin", "/sys", "/usr/bin", "/usr/lib", "/usr/sbin", "/var/run",
+    "/var/lib/docker", "/var/lib/containerd", "/var/lib/containers", "/root/.docker",
+)  # fmt: skip
+
+
+# Image references, after distribution's grammar: [DOMAIN[:PORT]/]PATH[:TAG][@DIGEST].
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+
+
+def check_image(value: object, where: str) -> str:
+    """An image reference docker accepts: registry:2, mirror:5000/registry:2..."""
+    text = _text(value, where)
+    if len(text) > 255 or not IMAGE.fullmatch(text):
+        raise InputError(
+            f"{where}: {_shorten(text)!r} is not an image reference; write "
+            "[REGISTRY/]NAME[:TAG] in lower case, such as registry:2"
+        )
+    return text
+
+
 def check_container_name(value: object, where: str) -> str:
     """A name docker accepts for a container."""
     text = _text(value, where)
@@ -357,10 +408,11 @@ def check_remote_dir(value: object, where: str) -> str:
     if ".." in text.split("/"):
         raise InputError(f"{where}: {_shorten(text)!r} has '..'; write the plain path")
     normal = "/" + str(posixpath.normpath(text)).lstrip("/")  # POSIX keeps '//'
-    if normal in SYSTEM_FOLDERS:
+    inside = [tree for tree in SYSTEM_TREES if normal.startswith(tree + "/")]
+    if normal in SYSTEM_FOLDERS or inside:
         raise InputError(
-            f"{where}: {text!r} is a system folder; pick a folder of its own, such as "
-            "/opt/registry"
+            f"{where}: {text!r} is a system folder or inside one; pick a folder of "
+            "its own, such as /opt/registry"
         )
     return normal
 
@@ -389,8 +441,10 @@ def _check_keys(
     for key in section:
         if key not in known:
             hint = _closest(str(key), known)
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
             raise InputError(
-                f"{name}: unknown key {prefix}{key}{hint}; known keys: "
+                f"{name}: unknown key {prefix}{_shorten(str(shown))}{hint}; "
+                "known keys: "
                 f"{', '.join(prefix + k for k in known)}"
             )
 

@@ -41,6 +41,7 @@ from .inventory import (
     RegistrySettings,
     check_container_name,
     check_data,
+    check_image,
     check_remote_dir,
 )
 from .options import (
@@ -645,7 +646,7 @@ def setup_registry(
         extra_addresses=[
             check_address(extra, "--extra-address") for extra in extra_address or []
         ],
-        image=image,
+        image=check_image(image, "--image") if image is not None else None,
         data=check_data(data, "--data") if data else None,
         remote_dir=check_remote_dir(remote_dir, "--remote-dir") if remote_dir else None,
         container=container,

@@ -140,9 +140,13 @@ class Fleet:
         strict = config_flag(
             settings.get("strict_host_keys", False), "strict_host_keys"
         )
-        workers = positive_int(
-            settings.get("workers") or DEFAULT_WORKERS, "fleet.workers in the config"
+        workers = settings.get("workers")
+        workers = (
+            DEFAULT_WORKERS
+            if workers is None
+            else positive_int(workers, "fleet.workers in the config", 1000)
         )
+        check_connect_timeout(config)
         return cls(config=config, known_hosts=KnownHosts(path, strict), workers=workers)
 
     def connect(self, target: SshTarget | str) -> Connection:
@@ -155,6 +159,19 @@ class Fleet:
             )
         self.known_hosts.prepare(connection)
         return connection
+
+
+def check_connect_timeout(config: Config) -> None:
+    """Refuse a connect timeout Paramiko would fail on with a traceback, per host."""
+    timeouts: Any = config.get("timeouts", {}) or {}
+    value = timeouts.get("connect")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InputError(
+            f"timeouts.connect in the config: expected seconds greater than 0, got "
+            f"{value!r}; fix fabric.yaml (or fab -f FILE)"
+        )
 
 
 def config_flag(value: object, key: str) -> bool:

@@ -34,13 +34,13 @@ from .report import finish, log, user_errors
 #: bcrypt's cost: every request to the registry checks the password, so this trades
 #: a little brute-force resistance for pulls that do not crawl.
 BCRYPT_ROUNDS = 10
-USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 
 def check_user_name(name: str) -> str:
     """A name the htpasswd format and docker login both take."""
-    if not USER_NAME.match(name or ""):
+    if not USER_NAME.fullmatch(name or ""):
         raise InputError(
             f"--name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-' "
             "(no ':' or spaces)"

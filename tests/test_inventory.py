@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,15 @@ def test_ipv6_and_names() -> None:
         ("registry: {address: 203.0.113.10, data: 'my data'}\n", "neither a volume name"),
         ("registry: {address: 203.0.113.10, remote_dir: relative}\n", "must be an absolute path"),
         ("registry: {address: 203.0.113.10, remote_dir: /etc}\n", "is a system folder"),
+        ("registry: {address: 203.0.113.10, remote_dir: /etc/docker}\n", "'/etc/docker' is a system folder or inside one"),
+        ("registry: {address: 203.0.113.10, data: /var/lib/containerd/x}\n", "is a system folder or inside one"),
+        ("registry: {address: 203.0.113.10}\nclients: [a.example, 'a.example:22']\n", "clients[1]: a.example:22 is listed twice (also clients[0])"),
+        ("registry: {address: 203.0.113.10}\nclients: ['2001:db8::1', '[2001:db8:0::1]:22']\n", "is listed twice (also clients[0])"),
+        ("registry: {address: 203.0.113.10}\nclients: [A.example, a.EXAMPLE]\n", "is listed twice"),
+        ("registry: {address: 203.0.113.10, image: 'registry:2;id'}\n", "registry.image: 'registry:2;id' is not an image reference"),
+        ("registry: {address: 203.0.113.10, image: 'UPPER:case'}\n", "is not an image reference"),
+        ("registry: {address: 203.0.113.10}\n? !!set {a, b}\n: 1\n", "not valid YAML at line 2"),
+        ('registry: {address: 203.0.113.10, "por\\nt\\e[31mRED": 1}\n', "unknown key registry.'por\\nt\\x1b[31mRED'"),
         ("registry: 203.0.113.10\n", "'registry' must be a mapping"),
         ("registry: {address: 203.0.113.10}\nrootless_users: [Alice]\n", "rootless_users: 'Alice' is not a user name"),
         ("registry: {address: 203.0.113.10}\nrootless_users: {a: b}\n", "expected a list of user names, not a dict"),
@@ -109,6 +119,33 @@ def test_missing_file_names_it_and_the_fix(tmp_path: Path) -> None:
 def test_folder_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a folder"):
         load_inventory(tmp_path)
+
+
+@pytest.mark.parametrize("image", [
+    "registry:2", "registry", "mirror.example:5000/library/registry:2.8.3",
+    "10.0.0.5:5000/team/registry:2", "[2001:db8::1]:5000/registry:2",
+    "localhost/registry:2", "registry@sha256:" + "a" * 64,
+])  # fmt: skip
+def test_image_references_docker_takes(image: str) -> None:
+    text = f"registry: {{address: 203.0.113.10, image: '{image}'}}\n"
+    assert parse_inventory(text).registry.image == image
+
+
+def test_a_device_or_pipe_is_no_inventory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="/dev/zero: not a regular file"):
+        load_inventory(Path("/dev/zero"))
+    fifo = tmp_path / "inventory.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        load_inventory(fifo)  # and does not hang
+
+
+def test_a_huge_file_is_no_inventory(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    with path.open("wb") as stream:
+        stream.truncate(5 * 1024 * 1024)
+    with pytest.raises(InputError, match="too large for an inventory"):
+        load_inventory(path)
 
 
 def test_unreadable_bytes(tmp_path: Path) -> None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+from fabric import Config
 
+from tasks.errors import InputError
 from tasks.options import command_line_hosts
 from tasks.remote import (
+    DEFAULT_WORKERS,
     FileReport,
+    Fleet,
     RemoteFile,
     fan_out,
     render_put_files,
@@ -168,3 +173,26 @@ def test_fan_out_names_the_hosts_it_still_waits_for() -> None:
     )
     assert results == ["fast", "slow"]
     assert waited and all(names == ["slow"] for names in waited)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fleet": {"workers": 0}}, "fleet.workers in the config 0: give a whole"),
+        ({"fleet": {"workers": "many"}}, "fleet.workers in the config many"),
+        ({"fleet": {"strict_host_keys": "maybe"}}, "fleet.strict_host_keys"),
+        ({"timeouts": {"connect": "abc"}}, "timeouts.connect in the config"),
+        ({"timeouts": {"connect": 0}}, "expected seconds greater than 0, got 0"),
+    ],
+)
+def test_bad_fleet_settings_get_one_line(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        Fleet.from_config(Config(overrides=overrides))
+
+
+def test_fleet_settings_default_when_absent() -> None:
+    fleet = Fleet.from_config(Config(overrides={"timeouts": {"connect": 2.5}}))
+    assert fleet.workers == DEFAULT_WORKERS
+    assert fleet.known_hosts.strict is False

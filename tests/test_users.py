@@ -55,7 +55,9 @@ def test_apply_change_adds_keeps_and_removes() -> None:
     assert users == {}
 
 
-@pytest.mark.parametrize("name", ["", "a:b", "with space", "-dash", "x" * 65])
+@pytest.mark.parametrize(
+    "name", ["", "a:b", "with space", "-dash", "x" * 65, "carol\n", "\ncarol", "café"]
+)
 def test_bad_user_names(name: str) -> None:
     with pytest.raises(InputError, match="--name"):
         check_user_name(name)
