@@ -37,7 +37,16 @@ from .errors import HostError, InputError
 from .inventory import AUTO, Client
 from .options import DEFAULT_PKI_DIR
 from .remote import failure_line, fan_out, run_as_root
-from .report import FAILED, OK, Outcome, log, log_outcome, recap, user_errors
+from .report import (
+    FAILED,
+    OK,
+    Outcome,
+    hosts_text,
+    log,
+    log_outcome,
+    recap,
+    user_errors,
+)
 from .runtimes import (
     BUILDKIT_CONFIG,
     CONTAINERD_CERTS,
@@ -1155,7 +1164,11 @@ def check_clients(
     if run is None:
         return
     wanted = image_reference(image, run.registry)
-    log.info("checking %s from %d clients", run.registry.authority, len(run.clients))
+    log.info(
+        "checking %s from %s",
+        run.registry.authority,
+        hosts_text(len(run.clients), "client"),
+    )
 
     def work(client: Client) -> Outcome:
         return check_client(run, client, wanted)

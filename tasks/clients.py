@@ -69,6 +69,7 @@ from .report import (
     WOULD_CHANGE,
     Outcome,
     finish,
+    hosts_text,
     log,
     log_outcome,
     user_errors,
@@ -619,7 +620,11 @@ def on_clients(run: FleetRun, *, remove: bool, dry_run: bool) -> list[Outcome]:
     verb = "untrusting" if remove else "trusting"
     mode = " (dry run: nothing is changed)" if dry_run else ""
     log.info(
-        "%s %s on %d clients%s", verb, run.registry.authority, len(run.clients), mode
+        "%s %s on %s%s",
+        verb,
+        run.registry.authority,
+        hosts_text(len(run.clients), "client"),
+        mode,
     )
     note = ipv6_names_note(run.registry.address, run.registry.authority)
     if note and not remove:

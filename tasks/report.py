@@ -60,13 +60,26 @@ def user_errors(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except RegistryToolError as exc:
-            raise Exit(f"error: {exc}", code=1) from None
+            raise Exit(f"error: {one_line(str(exc))}", code=1) from None
         except KeyboardInterrupt:
             raise Exit(
                 "interrupted; run the task again to complete the work", code=130
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: a newline or a terminal escape that came
+    with a value (a file name, a key, a remote message) is shown, not obeyed."""
+    return "".join(
+        char if char.isprintable() else repr(char)[1:-1] for char in text.strip()
+    )
+
+
+def hosts_text(count: int, noun: str = "host") -> str:
+    """``1 client``, ``3 clients``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def size_text(count: int) -> str:
@@ -83,8 +96,9 @@ def log_outcome(
     """One line per host: status, then what changed or why it failed."""
     counter = f"[{done}/{total}] " if done is not None and total and total > 1 else ""
     details = "; ".join(outcome.details)
-    line = f"{counter}{outcome.host}: {outcome.status}" + (
-        f": {details}" if details else ""
+    line = one_line(
+        f"{counter}{outcome.host}: {outcome.status}"
+        + (f": {details}" if details else "")
     )
     if outcome.failed:
         log.error(line)
@@ -99,8 +113,7 @@ def recap(outcomes: Sequence[Outcome]) -> str:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     order = (CHANGED, WOULD_CHANGE, UNCHANGED, OK, FAILED)
     parts = [f"{counts[status]} {status}" for status in order if counts.get(status)]
-    noun = "host" if len(outcomes) == 1 else "hosts"
-    return f"{len(outcomes)} {noun}: {', '.join(parts)}"
+    return f"{hosts_text(len(outcomes))}: {', '.join(parts)}"
 
 
 def finish(outcomes: Sequence[Outcome], next_step: str | None = None) -> None:
