@@ -435,7 +435,12 @@ def rotate_cert(
             "setup-registry: run it from that folder, or pass --pki-dir"
         )
     outcome = certify_and_deploy(
-        spec, connection, state, server_days=lifetime, new_server_cert=True
+        spec,
+        connection,
+        state,
+        server_days=lifetime,
+        new_server_cert=True,
+        existing_only=True,
     )
     finish([outcome], "clients need nothing: they keep pulling")
 

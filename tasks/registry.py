@@ -688,6 +688,7 @@ def certify_and_deploy(
     archive: Path | None = None,
     new_server_cert: bool = False,
     replace_ca: bool = False,
+    existing_only: bool = False,
     notes: Sequence[str] = (),
     before_deploy: Callable[[Probe], Sequence[str]] | None = None,
 ) -> Outcome:
@@ -696,13 +697,20 @@ def certify_and_deploy(
     ``notes`` are changes the caller made on the host before, reported first.
     ``before_deploy`` changes the host once every check has passed, under the state
     folder's lock, and returns its notes: a failed check then leaves the host as it
-    was.
+    was. ``existing_only``: a day-two change, which must not bring back a registry
+    that teardown removed.
     """
     with state.locked():
         # The host's CA is checked before anything is made or changed here.
         host = host_label(connection)
         probe = probe_registry(connection, spec)
         check_docker(probe, host)
+        if existing_only and probe.container is None:
+            raise HostError(
+                host,
+                f"no registry container {spec.container!r}; run setup-registry "
+                "first (teardown removed it?)",
+            )
         known = state.known_ca_fingerprints() if state.ca_cert_path.exists() else set()
         check_same_ca(probe, known, spec, host, replace_ca)
         ca = state.ensure_ca(

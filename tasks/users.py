@@ -219,12 +219,6 @@ def _change_user(
 
     def change_users(probe: Probe) -> list[str]:
         # Only once the host passed every check: a refused run changes nothing.
-        if probe.container is None:
-            raise HostError(
-                host,
-                f"no registry container {spec.container!r}; run setup-registry "
-                "first (teardown removed it?)",
-            )
         found = _read_users(connection, spec, name)
         users = found or {}
         note = _apply_change(users, name, password)
@@ -237,7 +231,9 @@ def _change_user(
             return [note, "no users left: nobody can log in; add-user lets someone in"]
         return [note]
 
-    outcome = certify_and_deploy(spec, connection, state, before_deploy=change_users)
+    outcome = certify_and_deploy(
+        spec, connection, state, existing_only=True, before_deploy=change_users
+    )
     finish([outcome], None if remove else f"docker login {spec.authority}")
 
 

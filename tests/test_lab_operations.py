@@ -96,6 +96,12 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     assert unchecked.code == 1
     assert f"served by {address}:5000: not checked (cannot connect" in unchecked.output
     assert "could not check the certificate" in unchecked.output
+    # A day-two change does not bring back what teardown removed.
+    server_cert = (workspace.folder / "pki/server.crt").read_bytes()
+    revived = workspace.fab("rotate-cert")
+    assert revived.code == 1
+    assert "no registry container 'registry'; run setup-registry" in revived.output
+    assert (workspace.folder / "pki/server.crt").read_bytes() == server_cert
     assert run_on(lab, "client1", f"docker pull {image}").returncode != 0
     assert workspace.fab("setup-registry").code == 0
     assert (
