@@ -421,6 +421,51 @@ def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+def write_key_pair(
+    key_path: Path, key_data: bytes, cert_path: Path, cert_data: bytes
+) -> None:
+    """Replace a key and its certificate together, or leave both as they were.
+
+    Both new files are written and synced beside their targets first; the old ones
+    stay linked under another name until both renames went through, and come back if
+    one failed, so a key never meets a certificate it does not belong to.
+    """
+    wanted = ((key_path, key_data, 0o600), (cert_path, cert_data, 0o644))
+    staged: dict[Path, str] = {}
+    backups: dict[Path, Path] = {}
+    replaced: list[Path] = []
+    try:
+        for path, data, mode in wanted:
+            handle, staged[path] = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}."
+            )
+            os.fchmod(handle, mode)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+        for path in staged:
+            if path.exists():
+                backups[path] = path.with_name(f".{path.name}.before")
+                backups[path].unlink(missing_ok=True)
+                os.link(path, backups[path])
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+            replaced.append(path)
+    except BaseException:
+        for path in replaced:
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        leftovers: list[str | Path] = [*staged.values(), *backups.values()]
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
 @dataclass
 class Issued:
     """A certificate with its key, and what the run did about it."""
@@ -640,8 +685,9 @@ class StateFolder:
         key = generate_key(key_type)
         cert = issue_ca(key, addresses, days=days, constrain=constrain)
         self.next_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private_file(self.next_key_path, key_pem(key))
-        write_private_file(self.next_cert_path, cert_pem(cert), mode=0o644)
+        write_key_pair(
+            self.next_key_path, key_pem(key), self.next_cert_path, cert_pem(cert)
+        )
         return Issued(cert, key, "made the next CA")
 
     def mark_switched(self) -> None:
@@ -690,8 +736,9 @@ class StateFolder:
             )
             self._make_folder()
             try:
-                write_private_file(self.ca_key_path, key_pem(key))
-                write_private_file(self.ca_cert_path, cert_pem(cert), mode=0o644)
+                write_key_pair(
+                    self.ca_key_path, key_pem(key), self.ca_cert_path, cert_pem(cert)
+                )
             except OSError as exc:
                 # This CA was never used: leave no half of it to be mistaken for one.
                 for path in (self.ca_key_path, self.ca_cert_path):
@@ -764,8 +811,12 @@ class StateFolder:
             ca.cert, ca.key, key, addresses, days=days or DEFAULT_SERVER_DAYS
         )
         try:
-            write_private_file(self.server_key_path, key_pem(key))
-            write_private_file(self.server_cert_path, cert_pem(cert), mode=0o644)
+            write_key_pair(
+                self.server_key_path,
+                key_pem(key),
+                self.server_cert_path,
+                cert_pem(cert),
+            )
         except OSError as exc:
             raise StateError(
                 f"{self.path}: cannot write the server certificate ({exc.strerror}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -352,3 +353,48 @@ def test_a_folder_refuses_to_vouch_for_another_registry(tmp_path: Path) -> None:
     loose.ensure_server_cert(ca, [ADDRESS])
     with pytest.raises(StateError, match=r"server.crt: the registry of this folder"):
         loose.check_serves("203.0.113.99", "registry.address")
+
+
+def test_key_and_certificate_change_together_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    ca = state.ensure_ca([ADDRESS])
+    state.ensure_server_cert(ca, [ADDRESS])
+    key_before = state.server_key_path.read_bytes()
+    cert_before = state.server_cert_path.read_bytes()
+
+    # The certificate's rename fails after the key's went through (an immutable
+    # file, a full disk): the key comes back, and no temporary file stays.
+    real_replace = os.replace
+
+    def failing_replace(source: str, target: os.PathLike[str] | str) -> None:
+        if Path(target) == state.server_cert_path:
+            raise PermissionError(1, "Operation not permitted")
+        real_replace(source, target)
+
+    monkeypatch.setattr(pki.os, "replace", failing_replace)
+    with pytest.raises(StateError, match="cannot write the server certificate"):
+        state.ensure_server_cert(ca, [ADDRESS], force=True)
+    monkeypatch.undo()
+    assert state.server_key_path.read_bytes() == key_before
+    assert state.server_cert_path.read_bytes() == cert_before
+    assert sorted(p.name for p in state.path.iterdir() if p.name.startswith(".s")) == []
+    assert stat.S_IMODE(state.server_key_path.stat().st_mode) == 0o600
+    assert state.ensure_server_cert(ca, [ADDRESS]).change is None  # still a pair
+
+
+def test_an_immutable_certificate_leaves_the_pair_alone(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    ca = state.ensure_ca([ADDRESS])
+    state.ensure_server_cert(ca, [ADDRESS])
+    key_before = state.server_key_path.read_bytes()
+    if subprocess.run(["chattr", "+i", str(state.server_cert_path)]).returncode:
+        pytest.skip("chattr +i needs root and a file system that has it")
+    try:
+        with pytest.raises(StateError, match=r"Operation not permitted"):
+            state.ensure_server_cert(ca, [ADDRESS], force=True)
+    finally:
+        subprocess.run(["chattr", "-i", str(state.server_cert_path)], check=True)
+    assert state.server_key_path.read_bytes() == key_before
+    assert state.ensure_server_cert(ca, [ADDRESS]).change is None
