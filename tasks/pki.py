@@ -11,8 +11,10 @@ import contextlib
 import datetime as dt
 import fcntl
 import ipaddress
+import logging
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .addresses import parse_ip
 from .errors import InputError, StateError
+
+log = logging.getLogger(__name__)
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -466,6 +470,22 @@ def write_key_pair(
                 os.unlink(leftover)
 
 
+def tighten_key_mode(path: Path) -> None:
+    """Keys are 0600: put back a looser mode, and say so, as it may have leaked."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & 0o077:
+        path.chmod(0o600)
+        log.warning(
+            "warning: %s was readable by others (mode %04o); set it back to 0600. If "
+            "anyone else could read it, treat the key as leaked",
+            path,
+            mode,
+        )
+
+
 @dataclass
 class Issued:
     """A certificate with its key, and what the run did about it."""
@@ -834,6 +854,7 @@ class StateFolder:
             ) from None
 
     def _read_key(self, path: Path) -> PrivateKey:
+        tighten_key_mode(path)
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:

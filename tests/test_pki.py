@@ -398,3 +398,18 @@ def test_an_immutable_certificate_leaves_the_pair_alone(tmp_path: Path) -> None:
         subprocess.run(["chattr", "-i", str(state.server_cert_path)], check=True)
     assert state.server_key_path.read_bytes() == key_before
     assert state.ensure_server_cert(ca, [ADDRESS]).change is None
+
+
+def test_a_loose_key_mode_is_put_back_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    state.ensure_ca([ADDRESS])
+    state.ca_key_path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="tasks"):
+        assert state.ensure_ca([ADDRESS]).change is None
+    assert stat.S_IMODE(state.ca_key_path.stat().st_mode) == 0o600
+    (record,) = caplog.records
+    assert f"{state.ca_key_path} was readable by others (mode 0644)" in (
+        record.getMessage()
+    )
