@@ -283,10 +283,10 @@ def _json_dump(value: Any) -> str:
 
 
 def _optional_ca(state: StateFolder) -> x509.Certificate | None:
-    try:
-        return state.read_ca_cert()
-    except StateError:
+    """The CA when the folder has one; a damaged one is an error, not "none"."""
+    if not state.ca_cert_path.exists():
         return None
+    return state.read_ca_cert()
 
 
 # check-expiry -------------------------------------------------------------------

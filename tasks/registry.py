@@ -167,8 +167,8 @@ def resolve_spec(
     if resolved_address is None:
         if ssh_host is None:
             raise InputError(
-                "no registry address: pass -H HOST, --address ADDRESS, or set "
-                "registry.address in the inventory"
+                "no registry address: pass -H HOST, or set registry.address in "
+                "inventory.yaml (or the file given with --inventory)"
             )
         resolved_address = ssh_host
     extras = tuple(extra_addresses) or settings.extra_addresses

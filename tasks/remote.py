@@ -232,6 +232,12 @@ def run_as_root(
     password = connection.config.sudo.password
     script = f"echo {STARTED}\n{script}"
     try:
+        # Connecting apart from running: a silent firewall is a connect timeout,
+        # not a script that hung.
+        connection.open()
+    except Exception as exc:  # noqa: BLE001 - every transport failure becomes one line
+        raise HostError(label, describe_ssh_failure(exc, connection)) from None
+    try:
         if connection.user == "root":
             result = _run(connection, "sh -s", script, timeout)
         elif password is None:
@@ -348,6 +354,11 @@ def describe_ssh_failure(exc: BaseException, connection: Connection) -> str:
         if errno.EHOSTUNREACH in errors or errno.ENETUNREACH in errors:
             return "no route to host; check the address and the network"
         return f"cannot connect to port {port}: {exc}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return (
+            f"cannot read the SSH key {exc.filename}: no such file; fix fab -i or "
+            "connect_kwargs.key_filename in fabric.yaml"
+        )
     if isinstance(exc, socket.gaierror):
         return "cannot resolve the host name; check the spelling or use its IP address"
     if isinstance(exc, (TimeoutError, socket.timeout)):
@@ -371,12 +382,31 @@ def describe_ssh_failure(exc: BaseException, connection: Connection) -> str:
 _NOISE = ("Run 'docker", "See 'docker")
 
 
+#: The fix for what a host's file system says, by the words it says it in.
+FILE_SYSTEM_FIXES = (
+    ("Read-only file system", "remount it read-write, then run again"),
+    ("No space left on device", "free some space there, then run again"),
+    ("Disk quota exceeded", "free some space there, then run again"),
+    ("Not a directory", "a file stands where a folder must be: move it away"),
+    ("File exists", "a file stands where a folder must be: move it away"),
+)
+
+
 def failure_line(result: CommandResult | Result) -> str:
-    """The last meaningful line a failed remote command printed, with its cause.
+    """The last meaningful line a failed remote command printed, with its cause and,
+    for a file system's refusal, the fix.
 
     When our own "could not write" line ends the output, the tool's message before it
     (such as "No space left on device") is the reason, so both are given.
     """
+    line = _last_line(result)
+    for words, fix in FILE_SYSTEM_FIXES:
+        if words in line:
+            return f"{line}; {fix}"
+    return line
+
+
+def _last_line(result: CommandResult | Result) -> str:
     for stream in (result.stderr, result.stdout):
         lines = [
             line.strip()

@@ -97,6 +97,28 @@ def test_unreachable_address_is_named(lab: Lab, fleet: Workspace) -> None:
     assert "1 changed, 1 failed" in run.output
 
 
+def test_a_firewall_that_drops_ssh_is_a_connect_timeout(
+    lab: Lab, fleet: Workspace
+) -> None:
+    drop = "iptables -I INPUT -p tcp --dport 22 -j DROP"
+    assert run_on(lab, "client2", drop).returncode == 0
+    config = fleet.folder / "short-timeout.yaml"
+    config.write_text(
+        lab.fabric_config().read_text().replace("connect: 10", "connect: 2")
+    )
+    try:
+        run = fleet.fab("trust-clients", config=config)
+    finally:
+        run_on(lab, "client2", drop.replace("-I", "-D"))
+    assert run.code == 1
+    client2 = lab.host("client2").address
+    assert (
+        f"{client2}: failed: timed out connecting to port 22; check the address, "
+        "the port and any firewall" in run.output
+    )
+    assert "1 changed, 1 failed" in run.output
+
+
 def test_changed_host_key_is_refused_with_the_fix(lab: Lab, fleet: Workspace) -> None:
     assert fleet.fab("trust-clients").code == 0
     client1 = lab.host("client1").address
@@ -140,7 +162,8 @@ def test_read_only_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
     assert run.code == 1
     client1 = lab.host("client1").address
     assert re.search(
-        rf"{re.escape(client1)}: failed: could not install the CA: .*Read-only file system",
+        rf"{re.escape(client1)}: failed: could not install the CA: .*Read-only file "
+        "system; remount it read-write, then run again",
         run.output,
     )
     assert target.read_bytes() == b"an older CA\n"
@@ -165,7 +188,9 @@ def test_full_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
     finally:
         run_on(lab, "client1", f"umount '{folder}'")
     assert run.code == 1
-    assert "No space left on device" in run.output or "could not write" in run.output
+    assert "No space left on device; free some space there, then run again" in (
+        run.output
+    )
     assert listing.split() == ["ca.crt", "filler", "old"]
     assert fleet.fab("trust-clients").code == 0
 
