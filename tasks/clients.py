@@ -209,7 +209,7 @@ def render_rootless(
             # A user who is gone has nothing of ours left to remove.
             lines.append(f"if getent passwd {shlex.quote(user)} >/dev/null; then")
         else:
-            body = render_put_files(files)
+            body = render_put_files(files, variants)
             lines.append(f"echo 'runtime docker (rootless, {user})'; found=1")
         lines.append(render_as_user(user, body, dry_run, f"AS_USER_{number}_END"))
         if remove:
@@ -235,18 +235,24 @@ def render_trust(
     runtimes: Sequence[str],
     dry_run: bool,
     rootless_users: Sequence[str] = (),
+    variants: Sequence[bytes] = (),
 ) -> str:
-    """The one script that installs the CA for the client's runtimes."""
+    """The one script that installs the CA for the client's runtimes.
+
+    ``variants`` are what trust-clients may have written before (see
+    ``render_untrust``); any other file in our place is the host's own, and is kept
+    aside as ``PATH.orig`` for untrust-clients to put back.
+    """
     auto = AUTO in runtimes
     lines = [script_header(dry_run), render_check_users(rootless_users), "found=''"]
     for runtime in chosen_runtimes(runtimes):
         if runtime == "system":
-            lines.append(_render_system(registry, ca_pem, remove=False))
+            lines.append(_render_system(registry, ca_pem, remove=False, ours=variants))
             continue
         condition = f"{{ {DETECT[runtime]}; }} >/dev/null 2>&1" if auto else "true"
         lines.append(f"if {condition}; then")
         lines.append(f"echo 'runtime {runtime}'; found=1")
-        lines.append(render_put_files(trust_files(registry, ca_pem, runtime)))
+        lines.append(render_put_files(trust_files(registry, ca_pem, runtime), variants))
         lines.append(_stray_check(registry, runtime))
         config = config_file(runtime)
         if config is not None:
@@ -256,19 +262,23 @@ def render_trust(
                 'echo "version containerd $(containerd --version 2>/dev/null)"'
             )
         lines.append("fi")
-    lines.append(render_rootless(registry, ca_pem, rootless_users, dry_run))
+    lines.append(
+        render_rootless(registry, ca_pem, rootless_users, dry_run, variants=variants)
+    )
     lines.append("[ -n \"$found\" ] || echo 'runtime none'")
     return "\n".join(lines) + "\n"
 
 
-def _render_system(registry: Registry, ca_pem: bytes, remove: bool) -> str:
+def _render_system(
+    registry: Registry, ca_pem: bytes, remove: bool, ours: Sequence[bytes] = ()
+) -> str:
     """Install (or remove) the CA in the OS trust store, then rebuild the store."""
     branches = []
     for keyword, family in (("if", "debian"), ("elif", "redhat")):
         update = SYSTEM_STORES[family][1]
         tool = update.split()[0]
         files = trust_files(registry, ca_pem, "system", family)[:1]
-        action = render_remove_files(files) if remove else render_put_files(files)
+        action = render_remove_files(files) if remove else render_put_files(files, ours)
         done = "removed" if remove else "changed"
         branches.append(
             f"{keyword} command -v {tool} >/dev/null 2>&1; then\n"
@@ -683,7 +693,12 @@ def _on_client(
         )
     else:
         script = render_trust(
-            run.registry, run.ca_pem, client.runtimes, dry_run, client.rootless_users
+            run.registry,
+            run.ca_pem,
+            client.runtimes,
+            dry_run,
+            client.rootless_users,
+            run.ca_variants,
         )
     result = run_as_root(connection, script, what="untrust" if remove else "trust")
     if not result.ok:
@@ -737,9 +752,19 @@ def client_outcome(
         details += [
             f"kept {path} (changed since we wrote it)" for path in report.files.kept
         ]
+        details += [
+            f"{'would put' if dry_run else 'put'} back the host's own {path} from "
+            f"{path}.orig"
+            for path in report.files.restored
+        ]
     else:
         verb = "would write" if dry_run else "wrote"
         details += [f"{verb} {path}" for path in report.files.changed]
+        details += [
+            f"{'would keep' if dry_run else 'kept'} the host's own "
+            f"{path.removesuffix('.orig')} as {path} (untrust-clients puts it back)"
+            for path in report.files.saved
+        ]
     for line in restarts:
         word, _, rest = line.partition(" ")
         if word == "restarted":

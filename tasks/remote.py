@@ -439,10 +439,11 @@ class RemoteFile:
 
 #: Shell functions every file script starts with. Each prints one line per path:
 #: ``unchanged``, ``changed``, ``would-change``, ``removed``, ``would-remove`` or
-#: ``kept``, and leaves that word in ``$last``; ``show_file`` prints a config file for
-#: the caller to edit. A new file is written next to its target and renamed over it, so
-#: an interrupted run never leaves half a file; its content is checked against its
-#: digest before the rename.
+#: ``kept`` (and ``saved`` or ``restored`` for a host's own file kept aside as
+#: ``PATH.orig``), and leaves that word in ``$last``; ``show_file`` prints a config
+#: file for the caller to edit. A new file is written next to its target and renamed
+#: over it, so an interrupted run never leaves half a file; its content is checked
+#: against its digest before the rename.
 FILE_FUNCTIONS = r"""
 set -u
 umask 022
@@ -456,21 +457,37 @@ not_a_file() {
   return 1
 }
 put_file() {
-  p=$1 m=$2 want=$3
+  p=$1 m=$2 want=$3 ours=${4:-}
   if not_a_file "$p"; then cat >/dev/null; return 1; fi
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
   mode=$(stat -c %a "$p" 2>/dev/null)
   if [ "$have" = "$want" ] && [ "$mode" = "$m" ]; then
     cat >/dev/null; last=unchanged; echo "unchanged $p"; return 0
   fi
+  # A file there that we never wrote is the host's own: kept aside, not lost.
+  # Files we edit rather than own ("-") are not kept aside.
+  foreign=''
+  if [ -n "$have" ] && [ "$ours" != - ]; then
+    case " $want $ours " in *" $have "*) ;; *) foreign=1 ;; esac
+  fi
+  if [ -n "$foreign" ] && { [ -e "$p.orig" ] || [ -L "$p.orig" ]; }; then
+    cat >/dev/null
+    echo "could not write $p: it holds a file we did not write, and $p.orig" \
+      "(where we would keep it) is taken; move one of them away" >&2
+    return 1
+  fi
   if [ -n "$DRY_RUN" ]; then
-    cat >/dev/null; last=would-change; echo "would-change $p"; return 0
+    cat >/dev/null; last=would-change; echo "would-change $p"
+    [ -z "$foreign" ] || echo "would-save $p.orig"
+    return 0
   fi
   d=$(dirname "$p")
   mkdir -p "$d" || { cat >/dev/null; return 1; }
   t=$(mktemp "$d/.$(basename "$p").XXXXXX") || { cat >/dev/null; return 1; }
   if base64 -d >"$t" && chmod "$m" "$t" && sync "$t" 2>/dev/null \
-     && [ "$(sha256sum "$t" | cut -c1-64)" = "$want" ] && mv -f "$t" "$p"; then
+     && [ "$(sha256sum "$t" | cut -c1-64)" = "$want" ] \
+     && { [ -z "$foreign" ] || ln "$p" "$p.orig"; } && mv -f "$t" "$p"; then
+    [ -z "$foreign" ] || echo "saved $p.orig"
     last=changed; echo "changed $p"
   else
     rm -f "$t"; echo "could not write $p" >&2; return 1
@@ -515,9 +532,19 @@ remove_file() {
     *" $have "*) ;;
     *) echo "kept $p"; return 0 ;;
   esac
-  if [ -n "$DRY_RUN" ]; then last=would-remove; echo "would-remove $p"; return 0; fi
+  if [ -n "$DRY_RUN" ]; then
+    last=would-remove; echo "would-remove $p"
+    [ ! -f "$p.orig" ] || [ -L "$p.orig" ] || echo "would-restore $p"
+    return 0
+  fi
   rm -f "$p" || return 1
   last=removed; echo "removed $p"
+  # What trust-clients kept aside goes back where it was.
+  if [ -f "$p.orig" ] && [ ! -L "$p.orig" ]; then
+    mv -f "$p.orig" "$p" || return 1
+    echo "restored $p"
+    return 0
+  fi
   rmdir "$(dirname "$p")" 2>/dev/null
   return 0
 }
@@ -539,15 +566,28 @@ def quote_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def render_put_files(files: Iterable[RemoteFile]) -> str:
-    """Shell lines that make each file exactly so (use after ``FILE_FUNCTIONS``)."""
+def render_put_files(
+    files: Iterable[RemoteFile], ours: Sequence[bytes] | None = None
+) -> str:
+    """Shell lines that make each file exactly so (use after ``FILE_FUNCTIONS``).
+
+    With ``ours`` (what we may have written there before), a file already there that
+    holds neither its new content nor any of ``ours`` is the host's own: it is kept
+    as ``PATH.orig``, which ``render_remove_files`` puts back. Without, the file is
+    simply replaced (a config we edit, a file only we write).
+    """
+    digests = (
+        "-"
+        if ours is None
+        else " ".join(hashlib.sha256(content).hexdigest() for content in ours)
+    )
     lines: list[str] = []
     for number, item in enumerate(files):
         encoded = base64.encodebytes(item.content).decode("ascii")
         marker = f"CONTENT_{number}_END"
         lines.append(
-            f"put_file {quote_path(item.path)} {item.mode:o} {item.digest}"
-            f" <<'{marker}' || exit 1\n{encoded}{marker}"
+            f"put_file {quote_path(item.path)} {item.mode:o} {item.digest} "
+            f"'{digests}' <<'{marker}' || exit 1\n{encoded}{marker}"
         )
     return "\n".join(lines) + "\n"
 
@@ -610,6 +650,8 @@ class FileReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    saved: list[str] = field(default_factory=list)  # the host's own, kept aside
+    restored: list[str] = field(default_factory=list)  # put back from .orig
     other: list[str] = field(default_factory=list)
 
     @classmethod
@@ -622,6 +664,10 @@ class FileReport:
             "removed": report.removed,
             "would-remove": report.removed,
             "kept": report.kept,
+            "saved": report.saved,
+            "would-save": report.saved,
+            "restored": report.restored,
+            "would-restore": report.restored,
         }
         for line in output.splitlines():
             word, _, rest = line.partition(" ")

@@ -10,6 +10,7 @@ x509 before trust-clients, succeeds after, and fails again after untrust-clients
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
@@ -321,3 +322,50 @@ def test_rootless_docker_trust_and_untrust(
     assert not ca.exists()
     refused = run_on(lab, "client2", pull)
     assert "certificate signed by unknown authority" in refused.stderr
+
+
+def test_the_hosts_own_files_are_kept_aside_and_put_back(
+    lab: Lab, workspace: Workspace, registry: str
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client2")
+    # A client that had its own trust for this registry: a mirror in hosts.toml and a
+    # CA file that is not ours.
+    mirror = f'server = "https://{address}:5000"\n[host."https://mirror.local:5000"]\n'
+    hosts = client.files / f"etc/containerd/certs.d/{address}:5000/hosts.toml"
+    docker_ca = client.files / f"etc/docker/certs.d/{address}:5000/ca.crt"
+    for path, text in ((hosts, mirror), (docker_ca, "an old hand-made CA\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    trust = workspace.fab(
+        "-H", client.address, "trust-clients", "--registry", address,
+        "--runtimes", "docker,containerd",
+    )  # fmt: skip
+    assert trust.code == 0, trust.output
+    for path in (hosts, docker_ca):
+        remote = "/" + str(path.relative_to(client.files))
+        assert f"kept the host's own {remote} as {remote}.orig" in trust.output
+    assert Path(f"{hosts}.orig").read_text() == mirror
+    # Clients read only *.crt files of the folder: ours serves, the kept one is idle.
+    inspected = run_on(lab, "client2", f"skopeo inspect docker://{registry}")
+    assert inspected.returncode == 0, inspected.stderr
+    again = workspace.fab(
+        "-H", client.address, "trust-clients", "--registry", address,
+        "--runtimes", "docker,containerd",
+    )  # fmt: skip
+    assert "recap: 1 host: 1 unchanged" in again.output
+
+    untrust = workspace.fab(
+        "-H", client.address, "untrust-clients", "--registry", address,
+        "--runtimes", "docker,containerd",
+    )  # fmt: skip
+    assert untrust.code == 0, untrust.output
+    assert hosts.read_text() == mirror
+    assert docker_ca.read_text() == "an old hand-made CA\n"
+    assert not Path(f"{hosts}.orig").exists()
+    assert f"put back the host's own /etc/containerd/certs.d/{address}:5000" in (
+        untrust.output
+    )
+    for path in (hosts, docker_ca):
+        path.unlink()

@@ -121,6 +121,57 @@ def test_remove_only_what_still_holds_our_content(tmp_path: Path) -> None:
     assert again.stdout == ""
 
 
+def test_the_hosts_own_file_is_kept_aside_and_put_back(tmp_path: Path) -> None:
+    target = tmp_path / "certs.d" / "203.0.113.7:5000" / "ca.crt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"the host's own CA\n")
+    ours = RemoteFile(str(target), b"our CA\n")
+    older = b"our previous CA\n"
+
+    dry = run_script(script_header(True) + render_put_files([ours], [older]))
+    assert FileReport.parse(dry.stdout).saved == [f"{target}.orig"]
+    assert not Path(f"{target}.orig").exists()
+
+    done = run_script(script_header(False) + render_put_files([ours], [older]))
+    assert done.returncode == 0, done.stderr
+    assert FileReport.parse(done.stdout).saved == [f"{target}.orig"]
+    assert target.read_bytes() == b"our CA\n"
+    assert Path(f"{target}.orig").read_bytes() == b"the host's own CA\n"
+
+    # What we wrote before is replaced, not kept aside a second time.
+    target.write_bytes(older)
+    again = run_script(script_header(False) + render_put_files([ours], [older]))
+    assert FileReport.parse(again.stdout).saved == []
+    assert FileReport.parse(again.stdout).changed == [str(target)]
+
+    undone = run_script(script_header(False) + render_remove_files([ours]))
+    report = FileReport.parse(undone.stdout)
+    assert report.removed == [str(target)] and report.restored == [str(target)]
+    assert target.read_bytes() == b"the host's own CA\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ca.crt"]
+
+
+def test_a_taken_orig_name_stops_before_anything_changes(tmp_path: Path) -> None:
+    target = tmp_path / "hosts.toml"
+    target.write_bytes(b"mirror config\n")
+    Path(f"{target}.orig").write_bytes(b"older mirror config\n")
+    result = run_script(
+        script_header(False) + render_put_files([RemoteFile(str(target), b"ours")], [])
+    )
+    assert result.returncode != 0
+    assert f"{target}.orig (where we would keep it) is taken" in result.stderr
+    assert target.read_bytes() == b"mirror config\n"
+
+
+def test_files_we_edit_are_not_kept_aside(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes(b"version = 2\n")
+    edited = RemoteFile(str(config), b"version = 2\n[plugins]\n")
+    result = put([edited])
+    assert FileReport.parse(result.stdout).changed == [str(config)]
+    assert not Path(f"{config}.orig").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "hosts"),
     [
