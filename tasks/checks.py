@@ -93,6 +93,22 @@ IMAGE_REFERENCE = re.compile(
 )
 
 
+#: What leads an image name when it names its registry: HOST[:PORT] or [IPv6]:PORT.
+_REGISTRY_PART = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?|\[[0-9a-fA-F:.]+\](:[0-9]+)?"
+)
+
+
+def _names_a_registry(name: str) -> bool:
+    """Docker's rule: a first component with a dot, a port or 'localhost'."""
+    first, slash, _ = name.partition("/")
+    return bool(
+        slash
+        and _REGISTRY_PART.fullmatch(first)
+        and re.search(r"[.:]|^localhost$", first)
+    )
+
+
 def image_reference(image: str | None, registry: Registry) -> str | None:
     """``--image`` as a name inside the registry; ``ADDRESS:PORT/`` may lead it."""
     if image is None:
@@ -101,7 +117,7 @@ def image_reference(image: str | None, registry: Registry) -> str | None:
     prefix = f"{registry.authority}/"
     if name.startswith(prefix):
         name = name[len(prefix) :]
-    elif "/" in name and re.search(r"[.:]|^localhost$", name.split("/", 1)[0]):
+    elif _names_a_registry(name):
         raise InputError(
             f"--image {image}: names another registry; give a name in "
             f"{registry.authority}, e.g. --image team/app:1"

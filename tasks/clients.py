@@ -543,6 +543,10 @@ def prepare_fleet_run(
                     f"--runtimes: unknown runtime {name!r}; use "
                     f"{', '.join((AUTO, *RUNTIMES))}"
                 )
+        if AUTO in override and len(override) > 1:
+            raise InputError(
+                f"--runtimes {runtimes}: list either 'auto' or runtimes, not both"
+            )
     if cli_hosts:
         clients = tuple(
             Client(target=target) for target in targets_from_hosts(cli_hosts)

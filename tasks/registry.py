@@ -689,6 +689,7 @@ def certify_and_deploy(
     new_server_cert: bool = False,
     replace_ca: bool = False,
     existing_only: bool = False,
+    report: bool = True,
     notes: Sequence[str] = (),
     before_deploy: Callable[[Probe], Sequence[str]] | None = None,
 ) -> Outcome:
@@ -698,7 +699,8 @@ def certify_and_deploy(
     ``before_deploy`` changes the host once every check has passed, under the state
     folder's lock, and returns its notes: a failed check then leaves the host as it
     was. ``existing_only``: a day-two change, which must not bring back a registry
-    that teardown removed.
+    that teardown removed. ``report``: log the host's line here (else the caller
+    folds the outcome into its own).
     """
     with state.locked():
         # The host's CA is checked before anything is made or changed here.
@@ -739,7 +741,8 @@ def certify_and_deploy(
         if change:
             outcome.details.insert(0, change)
             outcome.status = CHANGED
-    log_outcome(outcome)
+    if report:
+        log_outcome(outcome)
     if dropped:
         log.warning(
             "warning: the new certificate leaves out %s, which neither the options "

@@ -20,9 +20,18 @@ from .errors import HostError, InputError, StateError
 from .inventory import Client
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR, is_connection
 from .pki import StateFolder
-from .registry import certify_and_deploy, check_tls, open_registry
+from .registry import certify_and_deploy, check_tls, open_registry, warn_expiry
 from .remote import failure_line, fan_out, positive_int, run_as_root
-from .report import CHANGED, FAILED, OK, Outcome, finish, log, log_outcome, user_errors
+from .report import (
+    CHANGED,
+    FAILED,
+    OK,
+    UNCHANGED,
+    Outcome,
+    finish,
+    log_outcome,
+    user_errors,
+)
 from .runtimes import RUNTIMES, ca_file
 
 STEPS = ("begin", "switch", "finish")
@@ -130,15 +139,16 @@ def _begin(c: Context, state: StateFolder, inventory: str | None, days: int) -> 
         )
     spec, _ = open_registry(c, inventory)
     made = state.begin_rotation(spec.addresses, days=days)
-    log.info(
-        "%s: %s: %s (SHA-256 %s)",
+    said = "made the next CA" if made.change else "the next CA exists already"
+    outcome = Outcome(
         spec.authority,
-        "made the next CA" if made.change else "the next CA exists already",
-        state.next_cert_path,
-        pki.fingerprint(made.cert),
+        CHANGED if made.change else UNCHANGED,
+        [f"{said}: {state.next_cert_path} (SHA-256 {pki.fingerprint(made.cert)})"],
     )
-    log.info(
-        "next: fab trust-clients (installs both CAs), then rotate-ca --step switch"
+    log_outcome(outcome)
+    warn_expiry(made.cert, "CA", state.next_cert_path)
+    finish(
+        [outcome], "fab trust-clients (installs both CAs), then rotate-ca --step switch"
     )
 
 
@@ -165,8 +175,8 @@ def _switch(
         lambda client: trusts_next(run, client, marker),
         run.fleet.workers,
     )
-    for outcome in checks:
-        log_outcome(outcome)
+    for done, outcome in enumerate(checks, start=1):
+        log_outcome(outcome, done, len(checks))
     if any(outcome.failed for outcome in checks):
         finish(checks)  # exits 1, naming the hosts to run trust-clients on
     spec, connection = open_registry(c, inventory)

@@ -403,7 +403,7 @@ def restore(
     elif "restored users" in said and state.ca_cert_path.exists():
         # Users in the backup mean a login: a registry that asked none so far must
         # be recreated to ask it, or the restored users would guard nothing.
-        deployed = certify_and_deploy(spec, connection, state)
+        deployed = certify_and_deploy(spec, connection, state, report=False)
         details += [note for note in deployed.details if "login" in note]
     elif state.ca_cert_path.exists():
         check = wait_for_tls(spec.address, spec.port, state.trust_bundle(), None, 30)

@@ -154,9 +154,9 @@ def _write_users(
 
 
 USER_HELP = {
-    "name": "The user's name.",
-    "password_file": "Read the password from the first line of this file instead of "
-    "a prompt.",
+    "name": "The user's name (required): letters, digits, '.', '_', '@' or '-'.",
+    "password_file": "Read the password (8 characters or more) from the first line "
+    "of this file instead of a prompt.",
     "inventory": HELP_INVENTORY,
     "pki_dir": HELP_PKI_DIR,
 }
@@ -166,7 +166,7 @@ USER_HELP = {
 @user_errors
 def add_user(
     c: Context,
-    name: str,
+    name: str | None = None,
     password_file: str | None = None,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
@@ -188,7 +188,10 @@ def add_user(
 )
 @user_errors
 def remove_user(
-    c: Context, name: str, inventory: str | None = None, pki_dir: str = DEFAULT_PKI_DIR
+    c: Context,
+    name: str | None = None,
+    inventory: str | None = None,
+    pki_dir: str = DEFAULT_PKI_DIR,
 ) -> None:
     """Remove a registry user; the registry restarts without them.
 
@@ -200,12 +203,14 @@ def remove_user(
 
 def _change_user(
     c: Context,
-    name: str,
+    name: str | None,
     password_file: str | None,
     inventory: str | None,
     pki_dir: str,
     remove: bool,
 ) -> None:
+    if name is None:
+        raise InputError("--name: give the user's name, for example --name ci")
     check_user_name(name)
     password = None if remove else read_password(password_file, name)
     spec, connection = open_registry(c, inventory)
