@@ -24,12 +24,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   # The packages' own services must not start on the control machine: the lab runs
-  # its own daemons inside network namespaces.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
+  # its own daemons inside network namespaces. A policy the machine already has is
+  # put back afterwards.
+  policy=/usr/sbin/policy-rc.d
+  saved=''
+  if [ -e "$policy" ]; then
+    saved=$(mktemp) && cp -p "$policy" "$saved"
+  fi
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod +x "$policy"
+  status=0
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+    "${missing[@]}" >/dev/null || status=$?
+  if [ -n "$saved" ]; then mv -f "$saved" "$policy"; else rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || exit "$status"
 fi
 
 python=${PYTHON:-python3}
