@@ -170,6 +170,12 @@ def test_read_only_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["ca.crt"]
     assert fleet.fab("trust-clients").code == 0
     assert target.read_bytes() == before
+    # The older CA was not ours: kept aside, and put back by untrust-clients.
+    kept = target.with_name("ca.crt.orig")
+    assert kept.read_bytes() == b"an older CA\n"
+    assert fleet.fab("untrust-clients", "--runtimes", "docker").code == 0
+    assert target.read_bytes() == b"an older CA\n" and not kept.exists()
+    target.unlink()  # leave the client as the next test expects it
 
 
 def test_full_disk_leaves_no_half_file(lab: Lab, fleet: Workspace) -> None:
