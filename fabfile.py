@@ -5,7 +5,16 @@ This file only wires the task collection; each module of ``tasks/`` owns one con
 
 from invoke.collection import Collection
 
-from tasks import checks, clients, operations, registry, rotation, storage, users
+from tasks import (
+    checks,
+    clients,
+    logins,
+    operations,
+    registry,
+    rotation,
+    storage,
+    users,
+)
 from tasks.remote import DEFAULT_KNOWN_HOSTS, DEFAULT_WORKERS
 
 namespace = Collection(
@@ -22,6 +31,7 @@ namespace = Collection(
     operations.teardown,
     users.add_user,
     users.remove_user,
+    logins.login_clients,
     storage.garbage_collect,
     storage.backup,
     storage.restore,

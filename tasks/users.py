@@ -89,8 +89,11 @@ def password_matches(password: str, hashed: str) -> bool:
     return bcrypt.checkpw(password.encode(), candidate.encode())
 
 
-def read_password(password_file: str | None, name: str) -> str:
-    """The password from a file (first line) or a prompt, never the command line."""
+def read_password(password_file: str | None, name: str, confirm: bool = True) -> str:
+    """The password from a file (first line) or a prompt, never the command line.
+
+    ``confirm``: a new password is typed twice; one to log in with, once.
+    """
     if password_file is not None:
         try:
             lines = Path(password_file).read_text(encoding="utf-8").splitlines()
@@ -102,7 +105,7 @@ def read_password(password_file: str | None, name: str) -> str:
     else:
         try:
             password = getpass.getpass(f"password for {name}: ")
-            again = getpass.getpass("again: ")
+            again = getpass.getpass("again: ") if confirm else password
         except EOFError:
             raise InputError(
                 f"no terminal to ask the password for {name}; pass --password-file FILE"

@@ -59,14 +59,30 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     denied = run_on(lab, "client1", f"docker push {image}")
     assert denied.returncode != 0
     assert "no basic auth credentials" in denied.stderr
-    login = run_on(
-        lab, "client1",
-        f"docker login --username alice --password-stdin {authority} <<'EOF'\n"
-        "s3cret-enough\nEOF",
-    )  # fmt: skip
-    assert login.returncode == 0, login.stderr
+    # docker login on the clients, by the tool: a wrong password is refused and
+    # named, the right one lets the push through, a second run changes nothing.
+    wrong = workspace.folder / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    refused = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(wrong)
+    )
+    assert refused.code == 1
+    assert "the registry refused the name or password" in refused.output
+    login = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(secret)
+    )
+    assert login.code == 0, login.output
+    assert f"logged in as alice to {authority}" in login.output
+    assert "s3cret-enough" not in login.output
     pushed = run_on(lab, "client1", f"docker push {image}")
     assert pushed.returncode == 0, pushed.stderr
+    relogin = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(secret)
+    )
+    assert "logged in already" in relogin.output
+    assert "recap: 1 host: 1 unchanged" in relogin.output
+    config = lab.host("client1").files / "root/.docker/config.json"
+    assert "s3cret-enough" not in config.read_text()  # base64, as docker keeps it
 
     again = workspace.fab("add-user", "--name", "alice", "--password-file", str(secret))
     assert "recap: 1 host: 1 unchanged" in again.output
@@ -92,5 +108,7 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     # Leave the lab's registry as the other tests expect it: open, data kept.
     users.unlink()
     assert workspace.fab("setup-registry").code == 0
+    logout = workspace.fab("login-clients", "--logout")
+    assert logout.code == 0 and f"logged out of {authority}" in logout.output
+    assert "not logged in" in workspace.fab("login-clients", "--logout").output
     assert workspace.fab("untrust-clients").code == 0
-    run_on(lab, "client1", f"docker logout {authority}")

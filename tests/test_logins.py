@@ -1,0 +1,97 @@
+"""docker login on clients: what is read, compared and run."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tasks.clients import Registry
+from tasks.errors import HostError
+from tasks.logins import (
+    LoginState,
+    expected_auth,
+    login_problem,
+    parse_login_state,
+    plan_login,
+    render_login,
+)
+from tasks.report import CHANGED, UNCHANGED
+
+REGISTRY = Registry("203.0.113.7", 5000)
+
+
+def probe_output(config: object | None, docker: bool = True) -> str:
+    first = "docker" if docker else "no-docker"
+    if config is None:
+        return f"{first}\n\n"
+    encoded = base64.b64encode(json.dumps(config).encode()).decode()
+    return f"{first}\n{encoded}\n"
+
+
+def test_the_auth_docker_writes_is_base64_of_name_and_password() -> None:
+    assert base64.b64decode(expected_auth("ci", "pa:ss word")) == b"ci:pa:ss word"
+
+
+def test_parse_login_state_reads_this_registrys_entry() -> None:
+    config = {
+        "auths": {
+            "203.0.113.7:5000": {"auth": expected_auth("ci", "secret-1")},
+            "203.0.113.7:5001": {"auth": "other"},
+        }
+    }
+    state = parse_login_state(probe_output(config), REGISTRY, "h")
+    assert state == LoginState(docker=True, auth=expected_auth("ci", "secret-1"))
+    assert parse_login_state(probe_output(None), REGISTRY, "h") == LoginState(True)
+    assert parse_login_state(probe_output(None, docker=False), REGISTRY, "h") == (
+        LoginState(False)
+    )
+    helper = {"credsStore": "pass", "auths": {"203.0.113.7:5000": {}}}
+    assert parse_login_state(probe_output(helper), REGISTRY, "h").helper == "pass"
+
+
+@pytest.mark.parametrize("config", ["not json", "[1, 2]"])
+def test_a_broken_docker_config_fails_that_host_with_the_fix(config: str) -> None:
+    encoded = base64.b64encode(config.encode()).decode()
+    with pytest.raises(HostError, match=r"/root/.docker/config.json is not"):
+        parse_login_state(f"docker\n{encoded}\n", REGISTRY, "root@h")
+
+
+def test_plan_login_acts_only_on_a_difference() -> None:
+    wanted = expected_auth("ci", "secret-1")
+    assert plan_login(LoginState(True, wanted), wanted, False) == (
+        UNCHANGED,
+        "logged in already",
+    )
+    assert plan_login(LoginState(True, "old"), wanted, False) is None
+    assert plan_login(LoginState(True, wanted, "pass"), wanted, False) is None
+    assert plan_login(LoginState(True), None, True) == (UNCHANGED, "not logged in")
+    assert plan_login(LoginState(True, wanted), None, True) is None
+    status, detail = plan_login(LoginState(False), wanted, False) or ("", "")
+    assert status == UNCHANGED and "no docker" in detail
+    assert status != CHANGED
+
+
+def test_the_password_never_stands_on_a_command_line() -> None:
+    script = render_login(REGISTRY, "ci", "s3cret $(touch /tmp/x) 'q'")
+    lines = script.splitlines()
+    login = next(line for line in lines if "docker login" in line)
+    assert "s3cret" not in login
+    assert "--password-stdin" in login and "--username ci" in login
+    # The password sits in a quoted here-document, taken as it is.
+    assert "s3cret $(touch /tmp/x) 'q'" in lines
+    marker = lines[1].split("<<'")[1].rstrip("'")
+    assert lines[lines.index("s3cret $(touch /tmp/x) 'q'") + 1] == marker
+
+
+@pytest.mark.parametrize(
+    ("said", "fix"),
+    [
+        ("Error response from daemon: login attempt failed: unauthorized", "add-user"),
+        ("x509: certificate signed by unknown authority", "run trust-clients first"),
+        ("connection refused", "docker login failed: connection refused"),
+    ],
+)
+def test_login_problems_name_the_fix(said: str, fix: str) -> None:
+    assert fix in login_problem(said, REGISTRY)
