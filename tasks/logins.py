@@ -204,7 +204,7 @@ def _on_client(
 
 
 LOGIN_HELP = {
-    "name": "The registry user to log in as (required), made with add-user.",
+    "name": "The registry user to log in as, made with add-user (not with --logout).",
     "password_file": "Read the password from the first line of this file instead of "
     "a prompt.",
     "logout": "Log the clients out of the registry instead.",
