@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import pwd
 import secrets
-import subprocess
 
 import pytest
 
@@ -12,15 +12,16 @@ from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 
-#: Made for each run: the user exists on the control machine while the lab is up.
+#: Made for each run, and set inside the hosts only.
 PASSWORD = secrets.token_urlsafe(16)
 
 
 @pytest.fixture(scope="module")
 def deploy_user(lab: Lab) -> str:
-    """A user on every lab host (they share /etc/passwd); sudo rights per host."""
+    """A user on every lab host (each in its own /etc/passwd); sudo rights per host."""
     user = lab.ensure_user("deploy")
-    subprocess.run(["chpasswd"], input=f"{user}:{PASSWORD}\n", text=True, check=True)
+    for host in lab.hosts:
+        host.run("chpasswd", input=f"{user}:{PASSWORD}\n")
     return user
 
 
@@ -35,6 +36,9 @@ def grant(lab: Lab, name: str, rule: str | None) -> None:
 
 
 def test_sudo_users(lab: Lab, workspace: Workspace, deploy_user: str) -> None:
+    # useradd and chpasswd wrote the hosts' /etc, not this machine's.
+    with pytest.raises(KeyError):
+        pwd.getpwnam(deploy_user)
     address = lab.host("registry").address
     assert (
         workspace.fab(

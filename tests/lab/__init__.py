@@ -1,7 +1,8 @@
 """A lab of real hosts on one machine for the registry tasks' end-to-end tests.
 
 Each host is a network namespace on a private bridge with its own sshd, and
-optionally its own dockerd, seeing private copies of the folders tasks write to.
+optionally its own dockerd, seeing its own /etc and private copies of the other
+folders tasks write to.
 """
 
 from .errors import LabCommandError, LabCommandTimeout, LabError

@@ -22,26 +22,30 @@ from .network import ipv6_address
 class PrivateDir:
     """A folder each host gets its own copy of, bind-mounted from its file tree.
 
-    seed: start the copy with the control machine's contents, for folders that
-    tools cannot work without (podman's policy.json, the system trust store).
+    seed: start the copy with the control machine's contents, owners included,
+    for folders that hosts cannot work without (/etc: users, sudo, the trust
+    store, podman's policy.json).
+    emptied: subfolders of a seeded folder that start empty all the same.
     """
 
     path: str
     seed: bool = False
+    emptied: tuple[str, ...] = ()
 
 
 # Extend here when a task writes somewhere new: whatever a task writes over SSH
 # must land in the host's own tree, or hosts would see each other's changes.
 PRIVATE_DIRS: tuple[PrivateDir, ...] = (
-    PrivateDir("/etc/docker"),
-    PrivateDir("/etc/containerd"),
-    PrivateDir("/etc/containers", seed=True),
-    PrivateDir("/etc/rancher"),
-    PrivateDir("/etc/buildkit"),
-    PrivateDir("/etc/pki"),
-    PrivateDir("/etc/sudoers.d"),
+    # All of /etc, so that nothing written there on a host (a task, a bug in one,
+    # useradd, chpasswd) reaches the control machine or another host. The
+    # runtimes' folders and sudoers.d start empty: this machine's own
+    # containerd/config.toml or sudo rules must not decide what a test sees.
+    PrivateDir(
+        "/etc",
+        seed=True,
+        emptied=("docker", "containerd", "rancher", "buildkit", "pki", "sudoers.d"),
+    ),
     PrivateDir("/home"),
-    PrivateDir("/etc/ssl/certs", seed=True),
     PrivateDir("/usr/local/share/ca-certificates"),
     PrivateDir("/opt/registry"),
     PrivateDir("/srv/registry"),  # the registry's data in a host folder (--data)
@@ -55,12 +59,57 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
 TMPFS_DIRS = ("/run", "/tmp")
 
 
+def _copy_tree(source: Path, target: Path, emptied: set[Path]) -> None:
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return names if Path(folder) in emptied else []
+
+    try:
+        shutil.copytree(
+            source, target, symlinks=True, ignore=ignore, dirs_exist_ok=True
+        )
+    except shutil.Error as error:
+        # Other labs on this machine may run useradd while we copy: a lock or
+        # temporary file of theirs that went away in between is no loss.
+        if any(os.path.lexists(failed[0]) for failed in error.args[0]):
+            raise
+
+
+def _copy_owners(source: Path, target: Path, emptied: set[Path]) -> None:
+    """Give each copy its original's owner, which copytree does not keep: a
+    service's config stays its user's, /etc/shadow readable by group shadow."""
+    for folder, dirs, files in os.walk(source):
+        if Path(folder) in emptied:
+            dirs.clear()
+            continue
+        for name in (*dirs, *files):
+            original = Path(folder, name)
+            copy = target / original.relative_to(source)
+            try:
+                owner, made = os.lstat(original), os.lstat(copy)
+            except FileNotFoundError:
+                continue  # came or went while we copied, as in _copy_tree
+            if (owner.st_uid, owner.st_gid) != (made.st_uid, made.st_gid):
+                os.lchown(copy, owner.st_uid, owner.st_gid)
+
+
+def seed_folder(private: PrivateDir, target: Path) -> None:
+    """Copy the control machine's folder to target, keeping modes and owners."""
+    source = Path(private.path)
+    emptied = {source / name for name in private.emptied}
+    _copy_tree(source, target, emptied)
+    _copy_owners(source, target, emptied)
+    # Each is there, empty, whether or not this machine has it: hosts must not
+    # depend on how this machine is set up.
+    for folder in emptied:
+        (target / folder.relative_to(source)).mkdir(parents=True, exist_ok=True)
+
+
 def prepare_file_tree(files: Path) -> None:
     """Create the host's tree under files/, seeding folders that need content."""
     for private in PRIVATE_DIRS:
         target = files / private.path.lstrip("/")
         if private.seed and Path(private.path).is_dir():
-            shutil.copytree(private.path, target, symlinks=True, dirs_exist_ok=True)
+            seed_folder(private, target)
         target.mkdir(parents=True, exist_ok=True)
 
 

@@ -15,8 +15,7 @@ from typing import TypeVar
 
 import yaml
 
-from . import daemons, images, network, processes
-from .commands import run_local
+from . import daemons, images, network, processes, users
 from .configs import fabric_config_text, ssh_config_text
 from .errors import LabError
 from .host import (
@@ -214,7 +213,6 @@ class Lab:
         network.remove_bridge_forwarding(self.naming)
         for host in self._hosts:
             (host.home / "init.pid").unlink(missing_ok=True)
-        self._remove_users()
         self._state_file.unlink(missing_ok=True)
         self._hosts = []
 
@@ -280,36 +278,17 @@ class Lab:
     def ensure_user(self, role: str) -> str:
         """A login user named for this lab and ``role`` on every host; return its name.
 
-        Hosts share the control machine's /etc/passwd, so the user is made there, its
-        name starts with the lab's prefix, and down() deletes it again. Each host has
-        its own /home. useradd also gives the user subordinate ids, for rootless
-        Docker.
+        Each host has its own /etc, so useradd runs inside every host, with one
+        uid on all, and never on the control machine; the user goes with the
+        hosts' trees at the next up(). The lab's prefix keeps its name apart
+        from the users copied from this machine's /etc. Each host has its own
+        /home.
         """
         user = f"{self.naming.prefix}-{role}"
-        if subprocess.run(["id", user], capture_output=True, check=False).returncode:
-            run_local(["useradd", "--no-create-home", "--shell", "/bin/sh", user])
-        with self._users_file.open("a") as users:
-            users.write(user + "\n")
+        uid = users.choose_id(self._hosts, user)
         for host in self._hosts:
-            host.run(
-                f"home=$(getent passwd {user} | cut -d: -f6); "
-                f'mkdir -p "$home" && chown {user}: "$home" && chmod 0700 "$home"'
-            )
+            users.add_user(host, user, uid)
         return user
-
-    @property
-    def _users_file(self) -> Path:
-        return self.workdir / "users"
-
-    def _remove_users(self) -> None:
-        try:
-            users = set(self._users_file.read_text().split())
-        except OSError:
-            return
-        for user in sorted(users):
-            if user.startswith(f"{self.naming.prefix}-"):
-                subprocess.run(["userdel", user], capture_output=True, check=False)
-        self._users_file.unlink(missing_ok=True)
 
     def start_rootless_docker(self, name: str, user: str) -> str:
         """Start ``user``'s rootless Docker on host ``name``; return its DOCKER_HOST."""
