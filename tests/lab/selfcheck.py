@@ -8,6 +8,7 @@ recovers from a killed `up`. Prints timings; exits non-zero on the first failure
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -108,6 +109,33 @@ def _check_isolation(lab: Lab) -> None:
     )
 
 
+def _check_own_etc(lab: Lab) -> None:
+    # A write to /etc itself, not to one of the folders tasks use, and a user:
+    # each host has all of /etc to itself, so neither may leave client1.
+    config = str(lab.ssh_config())
+    probe = f"/etc/lab-probe-{os.getpid()}"
+    subprocess.run(
+        ["ssh", "-F", config, "client1", f"echo lab > {probe}"], check=True, timeout=30
+    )
+    inside = lab.host("client1").files / probe.lstrip("/")
+    _expect(inside.read_text() == "lab\n", f"client1's {probe} not at {inside}")
+    _expect(not Path(probe).exists(), f"the control machine sees client1's {probe}")
+    other = lab.host("client2").files / probe.lstrip("/")
+    _expect(not other.exists(), f"client2 sees client1's file at {other}")
+    seen = subprocess.run(
+        ["ssh", "-F", config, "client2", f"test -e {probe}"], timeout=30
+    )
+    _expect(seen.returncode == 1, f"client2 sees client1's {probe} over SSH")
+    user = lab.ensure_user("probe")
+    uids = {host.run(f"id -u {user}").stdout for host in lab.hosts}
+    _expect(len(uids) == 1, f"{user} has different uids on the hosts: {uids}")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return
+    raise CheckFailed(f"lab user {user} was made on the control machine")
+
+
 def _check_registry(lab: Lab) -> None:
     archive = lab.registry_image_archive()
     registry = lab.host("registry")
@@ -195,6 +223,7 @@ def run_selfcheck(lab: Lab) -> int:
             "host<->host and control->host port 22", lambda: _check_reachability(lab)
         )
         _timed("file isolation", lambda: _check_isolation(lab))
+        _timed("own /etc and users per host", lambda: _check_own_etc(lab))
         _timed(
             "registry archive, run, curl from root and client1",
             lambda: _check_registry(lab),
