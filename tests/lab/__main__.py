@@ -47,7 +47,7 @@ def command_up(lab: Lab) -> None:
 
 def command_down(lab: Lab) -> None:
     lab.down()
-    print("lab down: namespaces, processes, links and bridge removed")
+    print("lab down: namespaces, processes, links, bridge and mounts removed")
 
 
 def _describe(lab: Lab, name: str) -> str:

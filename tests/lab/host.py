@@ -7,6 +7,7 @@ LabHost.run() enter its namespaces, so they all see the same private files.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -26,11 +27,15 @@ class PrivateDir:
     for folders that hosts cannot work without (/etc: users, sudo, the trust
     store, podman's policy.json).
     emptied: subfolders of a seeded folder that start empty all the same.
+    in_memory: keep the copy on a tmpfs of its own, mounted at its place in the
+    host's tree here, for a seed of many small files: this machine's disk can
+    take a millisecond to create one, and /etc has 1300 for each host.
     """
 
     path: str
     seed: bool = False
     emptied: tuple[str, ...] = ()
+    in_memory: bool = False
 
 
 # Extend here when a task writes somewhere new: whatever a task writes over SSH
@@ -44,6 +49,7 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
         "/etc",
         seed=True,
         emptied=("docker", "containerd", "rancher", "buildkit", "pki", "sudoers.d"),
+        in_memory=True,
     ),
     PrivateDir("/home"),
     PrivateDir("/usr/local/share/ca-certificates"),
@@ -57,6 +63,10 @@ PRIVATE_DIRS: tuple[PrivateDir, ...] = (
 
 # Mounted fresh in every host: sockets, pid files and scratch space stay private.
 TMPFS_DIRS = ("/run", "/tmp")
+
+# A cap on the RAM of each in-memory copy, far above a copy of /etc (4 MB), so a
+# runaway write on a host fills its own tmpfs, not this machine's memory.
+IN_MEMORY_SIZE = "256m"
 
 
 def _copy_tree(source: Path, target: Path, emptied: set[Path]) -> None:
@@ -105,12 +115,41 @@ def seed_folder(private: PrivateDir, target: Path) -> None:
 
 
 def prepare_file_tree(files: Path) -> None:
-    """Create the host's tree under files/, seeding folders that need content."""
+    """Create the host's tree under files/, seeding folders that need content.
+
+    In-memory folders are mounted here, in the control machine's namespace, so
+    that the host and host.files see the same files; unmount_trees removes them.
+    """
     for private in PRIVATE_DIRS:
         target = files / private.path.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        if private.in_memory:
+            options = f"mode=0755,size={IN_MEMORY_SIZE}"
+            run_local(["mount", "-t", "tmpfs", "-o", options, "lab-tree", str(target)])
         if private.seed and Path(private.path).is_dir():
             seed_folder(private, target)
-        target.mkdir(parents=True, exist_ok=True)
+
+
+def tree_mounts(folder: Path) -> list[Path]:
+    """Mount points at or under folder in this namespace, innermost first."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        # The mount point is the fifth field, with spaces and such as \040.
+        field = line.split()[4]
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field))
+        if point.is_relative_to(folder):
+            points.append(point)
+    return sorted(points, key=lambda point: len(point.parts), reverse=True)
+
+
+def unmount_trees(folder: Path) -> None:
+    """Unmount the hosts' in-memory folders under folder, also those of a run
+    that crashed, once their processes are gone."""
+    points = tree_mounts(folder)
+    if points:
+        # Lazily: a shell of yours inside the tree must not make down() fail;
+        # the folder is empty for the next up() all the same.
+        run_local(["umount", "--lazy", *map(str, points)])
 
 
 def ensure_mount_points() -> None:

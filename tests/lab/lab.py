@@ -25,6 +25,7 @@ from .host import (
     init_script,
     prepare_file_tree,
     start_init,
+    unmount_trees,
 )
 
 logger = logging.getLogger("tests.lab")
@@ -188,7 +189,8 @@ class Lab:
             daemons.wait_for_dockerd(host)
 
     def down(self) -> None:
-        """Kill every lab process, then delete namespaces, veths and the bridge.
+        """Kill every lab process, then delete namespaces, veths and the bridge,
+        and unmount the hosts' in-memory folders.
 
         Works from names alone, so it also clears what a crashed or killed run
         left, and is safe to call twice.
@@ -211,6 +213,7 @@ class Lab:
             network.delete_namespace(netns)
         network.delete_links(self.naming)
         network.remove_bridge_forwarding(self.naming)
+        unmount_trees(self.workdir / "hosts")
         for host in self._hosts:
             (host.home / "init.pid").unlink(missing_ok=True)
         self._state_file.unlink(missing_ok=True)
@@ -280,9 +283,8 @@ class Lab:
 
         Each host has its own /etc, so useradd runs inside every host, with one
         uid on all, and never on the control machine; the user goes with the
-        hosts' trees at the next up(). The lab's prefix keeps its name apart
-        from the users copied from this machine's /etc. Each host has its own
-        /home.
+        hosts' /etc at down(). The lab's prefix keeps its name apart from the
+        users copied from this machine's /etc. Each host has its own /home.
         """
         user = f"{self.naming.prefix}-{role}"
         uid = users.choose_id(self._hosts, user)

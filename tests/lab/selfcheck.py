@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import network, processes
+from .host import tree_mounts
 from .lab import Lab
 
 HOSTS = [("registry", True), ("client1", True), ("client2", False)]
@@ -190,6 +191,8 @@ def _check_nothing_left(lab: Lab) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
     _expect(naming.prefix not in links.stdout, "lab links remain")
     _expect(not processes.lab_cgroups(naming.cgroup_prefix), "lab cgroups remain")
+    mounts = tree_mounts(lab.workdir / "hosts")
+    _expect(not mounts, f"lab mounts remain: {mounts}")
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True)
     _expect(naming.bridge not in rules.stdout, "lab iptables rules remain")
     leftovers = subprocess.run(
