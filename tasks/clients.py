@@ -278,7 +278,11 @@ def _render_system(
         update = SYSTEM_STORES[family][1]
         tool = update.split()[0]
         files = trust_files(registry, ca_pem, "system", family)[:1]
-        action = render_remove_files(files) if remove else render_put_files(files, ours)
+        action = (
+            render_remove_files(files, ours)
+            if remove
+            else render_put_files(files, ours)
+        )
         done = "removed" if remove else "changed"
         branches.append(
             f"{keyword} command -v {tool} >/dev/null 2>&1; then\n"
@@ -317,7 +321,7 @@ def render_untrust(
     # auto removes from every place trust-clients may have written to.
     for runtime in RUNTIMES if AUTO in runtimes else chosen_runtimes(runtimes):
         if runtime == "system":
-            lines.append(_render_system(registry, ca_pem, remove=True))
+            lines.append(_render_system(registry, ca_pem, remove=True, ours=variants))
             continue
         lines.append(
             render_remove_files(trust_files(registry, ca_pem, runtime), variants)

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import ipaddress
+import itertools
 import logging
 import os
 import secrets
@@ -642,13 +643,28 @@ class StateFolder:
 
     def trust_variants(self) -> list[bytes]:
         """Every CA file content trust-clients may have written, the one to write
-        now last: the CA alone; during a rotation also the next CA alone and both."""
-        current = cert_pem(self.read_ca_cert())
+        now last: the CA alone; during a rotation also the next CA alone and both;
+        and what earlier rotations wrote, with the CAs they retired."""
+        chain = [*self._retired_cas(), cert_pem(self.read_ca_cert())]
+        earlier = chain[:-1] + [old + new for old, new in itertools.pairwise(chain)]
+        current = chain[-1]
         found = self.read_next_ca()
         if found is None:
-            return [current]
+            return [*earlier, current]
         upcoming = cert_pem(found[0])
-        return [current, upcoming, current + upcoming]
+        return [*earlier, current, upcoming, current + upcoming]
+
+    def _retired_cas(self) -> list[bytes]:
+        """The CAs finished rotations retired, oldest first, as PEM."""
+        found = []
+        for path in sorted(self.retired_dir.glob("ca-*/ca.crt")):
+            try:
+                found.append(
+                    cert_pem(x509.load_pem_x509_certificate(path.read_bytes()))
+                )
+            except (OSError, ValueError):
+                continue  # a damaged archive copy: nothing trust-clients wrote
+        return found
 
     def check_serves(self, address: str, where: str) -> None:
         """Refuse to hand out this folder's CA for a registry it does not serve.
@@ -716,8 +732,14 @@ class StateFolder:
     def finish_rotation(self) -> Path:
         """Retire the old CA, make the next one current; return where the old went."""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        self.retired_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         retired = self.retired_dir / f"ca-{stamp}"
-        retired.mkdir(mode=0o700, parents=True)
+        for number in itertools.count(2):
+            try:
+                retired.mkdir(mode=0o700)
+                break
+            except FileExistsError:  # two rotations within a second
+                retired = self.retired_dir / f"ca-{stamp}-{number}"
         os.replace(self.ca_cert_path, retired / "ca.crt")
         os.replace(self.ca_key_path, retired / "ca.key")
         os.replace(self.next_key_path, self.ca_key_path)

@@ -78,7 +78,13 @@ def test_rotate_ca_keeps_clients_pulling(lab: Lab, workspace: Workspace) -> None
     assert (workspace.folder / "pki/ca.crt").read_bytes() == new_ca
     twice = workspace.fab("rotate-ca", "--step", "finish")
     assert twice.code == 1 and "no CA rotation in progress" in twice.output
-    assert workspace.fab("trust-clients").code == 0
+    # The bundle trust-clients wrote during the rotation is still known as ours:
+    # replaced by the new CA alone, not kept aside as the client's own file.
+    after = workspace.fab("trust-clients")
+    assert after.code == 0, after.output
+    assert "host's own" not in after.output
     assert trusted.read_bytes() == new_ca
+    assert not trusted.with_name("ca.crt.orig").exists()
     pull()
     assert workspace.fab("untrust-clients").code == 0
+    assert not trusted.exists()

@@ -413,3 +413,23 @@ def test_a_loose_key_mode_is_put_back_and_named(
     assert f"{state.ca_key_path} was readable by others (mode 0644)" in (
         record.getMessage()
     )
+
+
+def test_trust_variants_remember_what_earlier_rotations_wrote(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    first = pki.cert_pem(state.ensure_ca([ADDRESS]).cert)
+    assert state.trust_variants() == [first]
+
+    second = pki.cert_pem(state.begin_rotation([ADDRESS]).cert)
+    assert state.trust_variants() == [first, second, first + second]
+    state.mark_switched()
+    state.finish_rotation()
+    # What trust-clients wrote during that rotation is still known as ours.
+    assert state.trust_variants() == [first, first + second, second]
+
+    third = pki.cert_pem(state.begin_rotation([ADDRESS]).cert)
+    state.mark_switched()
+    state.finish_rotation()
+    variants = state.trust_variants()
+    assert variants[-1] == third
+    assert {first + second, second + third, first, second} <= set(variants)
