@@ -356,12 +356,28 @@ SYSTEM_FOLDERS = frozenset(
 )  # fmt: skip
 
 
-#: Trees of the system and of other programs: nothing of ours goes inside them.
+#: Trees of the system and of other programs: neither they nor anything inside them
+#: is ours to take over (or, with teardown --purge-data, to delete).
 SYSTEM_TREES = (
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run",
-    "/sbin", "/sys", "/usr/bin", "/usr/lib", "/usr/sbin", "/var/run",
-    "/var/lib/docker", "/var/lib/containerd", "/var/lib/containers", "/root/.docker",
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+    "/run", "/sbin", "/sys", "/usr", "/var/run", "/var/lock", "/var/cache",
+    "/var/log", "/var/mail", "/var/spool", "/var/backups",
+    "/var/lib/apt", "/var/lib/dpkg", "/var/lib/docker", "/var/lib/containerd",
+    "/var/lib/containers", "/var/lib/kubelet", "/var/lib/rancher", "/var/lib/systemd",
+    "/root/.ssh", "/root/.docker", "/root/.config",
 )  # fmt: skip
+#: Folders whose every child belongs to someone else: /home/alice is alice's.
+OTHERS_CHILDREN = ("/home",)
+
+
+def is_system_folder(path: str) -> bool:
+    """Tell whether a normalised absolute ``path`` is, or lies in, a system folder."""
+    parent = posixpath.dirname(path)
+    return (
+        path in SYSTEM_FOLDERS
+        or parent in OTHERS_CHILDREN
+        or any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES)
+    )
 
 
 # Image references, after distribution's grammar: [DOMAIN[:PORT]/]PATH[:TAG][@DIGEST].
@@ -408,8 +424,7 @@ def check_remote_dir(value: object, where: str) -> str:
     if ".." in text.split("/"):
         raise InputError(f"{where}: {_shorten(text)!r} has '..'; write the plain path")
     normal = "/" + str(posixpath.normpath(text)).lstrip("/")  # POSIX keeps '//'
-    inside = [tree for tree in SYSTEM_TREES if normal.startswith(tree + "/")]
-    if normal in SYSTEM_FOLDERS or inside:
+    if is_system_folder(normal):
         raise InputError(
             f"{where}: {text!r} is a system folder or inside one; pick a folder of "
             "its own, such as /opt/registry"

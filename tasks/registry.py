@@ -172,7 +172,7 @@ def resolve_spec(
             )
         resolved_address = ssh_host
     extras = tuple(extra_addresses) or settings.extra_addresses
-    return RegistrySpec(
+    spec = RegistrySpec(
         address=resolved_address,
         port=merge_setting(
             "port", port, settings.port, DEFAULT_REGISTRY_PORT, inventory
@@ -187,6 +187,26 @@ def resolve_spec(
             "container", container, settings.container, DEFAULT_CONTAINER, inventory
         ),
     )
+    check_apart(spec.data, spec.remote_dir)
+    return spec
+
+
+def check_apart(data: str, remote_dir: str) -> None:
+    """The data folder and REMOTE_DIR must not hold each other: backups would carry
+    the server's private key, and teardown --purge-data would delete both."""
+    if not data.startswith("/"):
+        return  # a named volume
+    inside = (
+        data == remote_dir
+        or data.startswith(remote_dir.rstrip("/") + "/")
+        or remote_dir.startswith(data.rstrip("/") + "/")
+    )
+    if inside:
+        raise InputError(
+            f"data {data} and remote_dir {remote_dir} overlap (--data, --remote-dir "
+            "or the inventory's registry keys); give each a folder of its own, such "
+            "as /srv/registry and /opt/registry"
+        )
 
 
 # Probe --------------------------------------------------------------------------------

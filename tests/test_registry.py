@@ -240,3 +240,35 @@ def test_no_warning_without_a_state_folder(
     with caplog.at_level("WARNING", logger="tasks"):
         warn_expiry_of(StateFolder(tmp_path / "nothing"))
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("data", "remote_dir"),
+    [
+        ("/opt/registry", "/opt/registry"),
+        ("/opt/registry/certs", "/opt/registry"),
+        ("/srv/registry", "/srv/registry/tls"),
+    ],
+)
+def test_data_and_remote_dir_must_not_hold_each_other(
+    data: str, remote_dir: str
+) -> None:
+    with pytest.raises(InputError, match="overlap"):
+        resolve_spec(
+            RegistrySettings(),
+            None,
+            ssh_host="10.0.0.5",
+            data=data,
+            remote_dir=remote_dir,
+        )
+
+
+def test_data_beside_remote_dir_is_fine() -> None:
+    spec = resolve_spec(
+        RegistrySettings(),
+        None,
+        ssh_host="10.0.0.5",
+        data="/opt/registry-data",
+        remote_dir="/opt/registry",
+    )
+    assert spec.data == "/opt/registry-data"
