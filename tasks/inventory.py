@@ -24,6 +24,7 @@ from .addresses import (
     parse_ssh_target,
 )
 from .errors import InputError
+from .localfiles import check_regular_file
 from .runtimes import RUNTIMES
 
 DEFAULT_INVENTORY = "inventory.yaml"
@@ -126,14 +127,8 @@ MAX_INVENTORY_BYTES = 4 * 1024 * 1024
 def load_inventory(path: Path) -> Inventory:
     """Read and validate the inventory at ``path``."""
     try:
-        # A pipe or a device (--inventory /dev/zero) would hang or never end.
-        if path.exists() and not path.is_dir() and not path.is_file():
-            raise InputError(f"{path}: not a regular file; pass the inventory file")
-        if path.is_file() and path.stat().st_size > MAX_INVENTORY_BYTES:
-            raise InputError(
-                f"{path}: larger than {MAX_INVENTORY_BYTES // 1024 // 1024} MiB, too "
-                "large for an inventory; pass the inventory file"
-            )
+        if not path.is_dir():
+            check_regular_file(path, "inventory", MAX_INVENTORY_BYTES)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(

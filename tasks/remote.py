@@ -27,6 +27,7 @@ from invoke.runners import Result
 
 from .addresses import SshTarget
 from .errors import HostError, InputError, RegistryToolError, StateError
+from .localfiles import check_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,13 @@ class KnownHosts:
         with self._lock:
             if self._entries is not None:
                 return self._entries
+            # ~/.ssh is made as OpenSSH would; a folder named in the config must be
+            # there already.
+            default = Path(os.path.expanduser(DEFAULT_KNOWN_HOSTS))
+            check_regular_file(self.path, "fleet.known_hosts", 64 * 1024 * 1024)
             try:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if self.path == default:
+                    self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.path.touch(mode=0o600, exist_ok=True)
                 lines = self.path.read_text(encoding="utf-8", errors="replace")
             except OSError as exc:

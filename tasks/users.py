@@ -18,6 +18,7 @@ from fabric import Connection, task
 from invoke.context import Context
 
 from .errors import HostError, InputError
+from .localfiles import check_regular_file
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
 from .pki import StateFolder
 from .registry import Probe, RegistrySpec, certify_and_deploy, open_registry
@@ -95,6 +96,7 @@ def read_password(password_file: str | None, name: str, confirm: bool = True) ->
     ``confirm``: a new password is typed twice; one to log in with, once.
     """
     if password_file is not None:
+        check_regular_file(Path(password_file), "--password-file", 64 * 1024)
         try:
             lines = Path(password_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:

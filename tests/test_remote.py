@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from fabric import Config
 
-from tasks.errors import InputError
+from tasks.errors import InputError, StateError
 from tasks.options import command_line_hosts
 from tasks.remote import (
     DEFAULT_WORKERS,
     FileReport,
     Fleet,
+    KnownHosts,
     RemoteFile,
     fan_out,
     render_put_files,
@@ -247,3 +248,14 @@ def test_fleet_settings_default_when_absent() -> None:
     fleet = Fleet.from_config(Config(overrides={"timeouts": {"connect": 2.5}}))
     assert fleet.workers == DEFAULT_WORKERS
     assert fleet.known_hosts.strict is False
+
+
+def test_known_hosts_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        InputError, match=r"fleet\.known_hosts /dev/zero: not a regular"
+    ):
+        KnownHosts(Path("/dev/zero"))._load()
+    elsewhere = KnownHosts(tmp_path / "no" / "such" / "known_hosts")
+    with pytest.raises(StateError, match="cannot use it as known_hosts"):
+        elsewhere._load()
+    assert not (tmp_path / "no").exists()  # not made: only ~/.ssh is

@@ -72,3 +72,8 @@ def test_password_file_first_line(tmp_path: Path) -> None:
         read_password(str(secret), "alice")
     with pytest.raises(InputError, match="cannot read it"):
         read_password(str(tmp_path / "missing"), "alice")
+
+
+def test_a_password_file_that_is_a_device_is_refused() -> None:
+    with pytest.raises(InputError, match="--password-file /dev/zero: not a regular"):
+        read_password("/dev/zero", "ci")
