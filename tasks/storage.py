@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import re
 import shlex
@@ -168,13 +169,19 @@ def render_backup(spec: RegistrySpec, archive: str) -> str:
 {data_root(spec)}
 [ -d "$root" ] || {{ echo "no registry data at $root" >&2; exit 4; }}
 set -- -C "$root" --exclude='./.before-restore-*' --exclude='./.restore-*' \\
-  --transform 's,^\\./,data/,' .
+  --transform 's,^\\.$,data,;s,^\\./,data/,' .
 if [ -d {shlex.quote(spec.auth_dir)} ]; then
   set -- "$@" -C {shlex.quote(spec.remote_dir)} auth
 fi
 tar --create --gzip --file {shlex.quote(archive)} "$@" || exit 1
 """
     return while_stopped(spec, work)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a local file, read in blocks (backups can be large)."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def check_backup_archive(path: Path, option: str = "--archive") -> None:
@@ -195,39 +202,88 @@ def check_backup_archive(path: Path, option: str = "--archive") -> None:
     try:
         with tarfile.open(path, mode="r:gz") as archive:
             for member in archive:
-                name = member.name.removeprefix("./")
-                if name in ("", ".") and member.isdir():
-                    continue  # the top folder itself
-                parts = name.split("/")
-                shown = name if name.isprintable() else repr(name)
-                if name.startswith("/") or ".." in parts:
-                    raise refuse(f"{shown} lies outside the archive")
-                if not (member.isfile() or member.isdir()):
-                    raise refuse(f"{shown} is a link or a special file")
-                if parts[0] == "data":
-                    found_data = True
-                elif (
-                    parts[0] != "auth"
-                    or len(parts) > 2
-                    or (len(parts) == 2 and not member.isfile())
-                ):
-                    raise refuse(f"{shown} is neither registry data nor users")
+                name = member.name.removeprefix("./").rstrip("/")
+                problem = member_problem(member, name)
+                if problem is not None:
+                    raise refuse(problem)
+                # "." alone: an older backup of an empty registry.
+                found_data |= name.split("/")[0] in ("data", "", ".")
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise refuse(f"cannot read it as a .tar.gz ({exc})") from None
     if not found_data:
         raise refuse("it holds no data/ folder")
 
 
-def render_restore(spec: RegistrySpec, archive: str, stamp: str) -> str:
-    """Unpack ``archive``; the data it replaces is moved aside, never deleted."""
+def member_problem(member: tarfile.TarInfo, name: str) -> str | None:
+    """Why a backup would never hold this archive member; None if it could."""
+    if name in ("", "."):
+        return None if member.isdir() else "its top entry is not a folder"
+    parts = name.split("/")
+    shown = name if name.isprintable() else repr(name)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
+    if name.startswith("/") or ".." in parts:
+        return f"{shown} lies outside the archive"
+    if not (member.isfile() or member.isdir()):
+        return f"{shown} is a link or a special file"
+    if len(name.encode()) > 4000 or any(len(part.encode()) > 255 for part in parts):
+        return f"{shown} has a name too long for a file system"
+    if name in ("data", "data/docker", "auth") and not member.isdir():
+        return f"{shown} is a file where backup puts a folder"
+    if parts[0] == "data":
+        return None
+    if parts[0] == "auth" and (
+        len(parts) == 1 or (len(parts) == 2 and member.isfile())
+    ):
+        return None
+    return f"{shown} is neither registry data nor users"
+
+
+def render_fingerprint(spec: RegistrySpec) -> str:
+    """Shell function ``fingerprint``: the data's file names, sizes and times and the
+    users file, as one digest; use where ``$root`` is set."""
+    auth = shlex.quote(spec.htpasswd_path)
+    return (
+        "fingerprint() {\n"
+        "  { (cd \"$root\" && find docker -printf '%P %s %T@\\n' 2>/dev/null | sort)\n"
+        f"    cat {auth} 2>/dev/null; }} | sha256sum | cut -c1-64\n"
+        "}\n"
+    )
+
+
+def render_restore_state(spec: RegistrySpec) -> str:
+    """Print what the last restore recorded and what the data is now, or nothing."""
+    return f"""
+{data_root(spec)}
+{render_fingerprint(spec)}
+[ -n "$root" ] && [ -f "$root/.restore-state" ] || exit 0
+echo "$(cat "$root/.restore-state") $(fingerprint)"
+"""
+
+
+def restored_already(output: str, archive_sha: str) -> bool:
+    """Tell whether the data is as restoring the archive ``archive_sha`` left it."""
+    words = output.split()
+    return len(words) == 3 and words[0] == archive_sha and words[1] == words[2]
+
+
+def render_restore(
+    spec: RegistrySpec, archive: str, stamp: str, archive_sha: str = "-"
+) -> str:
+    """Unpack ``archive``; the data it replaces is moved aside, never deleted.
+
+    ``archive_sha`` is recorded with the data it leaves, in ``.restore-state``.
+    """
     aside = f".before-restore-{stamp}"
     work = f"""
 {data_root(spec)}
+{render_fingerprint(spec)}
 [ -n "$root" ] || {{ echo "no registry data volume {spec.data}" >&2; exit 4; }}
 mkdir -p "$root" || exit 1
 staging=$(mktemp -d "$root/.restore-XXXXXX") || exit 1
-tar --extract --gzip --file {shlex.quote(archive)} -C "$staging" \\
-  || {{ rm -rf "$staging"; exit 5; }}
+if ! said=$(tar --extract --gzip --file {shlex.quote(archive)} -C "$staging" 2>&1); then
+  rm -rf "$staging"; printf '%s\\n' "$said" | head -n 1 >&2; exit 5
+fi
+[ -e "$staging/data" ] || mkdir "$staging/data"  # a backup of an empty registry
 # Checked here as well: only folders and files, so nothing below can be led away.
 if [ ! -d "$staging/data" ] || [ -L "$staging/data" ] \
    || [ -n "$(find "$staging" ! -type f ! -type d | head -n 1)" ]; then
@@ -252,6 +308,8 @@ if [ -d "$staging/auth" ]; then
   done
 fi
 rm -rf "$staging"
+# What this archive left, for a second restore of it to find nothing to do.
+echo "{archive_sha} $(fingerprint)" >"$root/.restore-state"
 echo restored
 """
     return while_stopped(spec, work)
@@ -375,13 +433,26 @@ def restore(
     spec = live_spec(connection, spec)
     host = host_label(connection)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    archive_sha = file_digest(source)
+    last = run_as_root(connection, render_restore_state(spec), what="restore state")
+    if last.ok and restored_already(last.stdout, archive_sha):
+        outcome = Outcome(
+            host,
+            UNCHANGED,
+            [f"the data is as restoring {source.name} left it; nothing to do"],
+        )
+        log_outcome(outcome)
+        finish([outcome])
+        return
     remote = _remote_temp(connection)
     try:
         connection.sftp().put(
             str(source), remote, callback=progress_printer(host, "upload")
         )
         result = run_as_root(
-            connection, render_restore(spec, remote, stamp), what="restore"
+            connection,
+            render_restore(spec, remote, stamp, archive_sha),
+            what="restore",
         )
     finally:
         run_as_root(connection, f"rm -f {shlex.quote(remote)}\n", what="cleanup")

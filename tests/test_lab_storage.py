@@ -62,9 +62,21 @@ def test_garbage_collect_backup_and_restore(lab: Lab, workspace: Workspace) -> N
     pulled = run_on(lab, "client1", f"docker pull {image}")
     assert pulled.returncode == 0, pulled.stderr
 
-    # A second restore keeps what it replaces instead of deleting it.
+    # The same archive again: the data is as it left it, nothing to do.
     again = workspace.fab("restore", "--archive", "backup.tar.gz")
-    assert "kept " in again.output and ".before-restore-" in again.output
+    assert again.code == 0, again.output
+    assert "recap: 1 host: 1 unchanged" in again.output
+    assert "upload" not in again.output
+
+    # Once the data changed, a restore keeps what it replaces instead of deleting it.
+    lab.build_test_image("client1", f"{address}:5000/lab/later:1")
+    assert (
+        run_on(lab, "client1", f"docker push {address}:5000/lab/later:1").returncode
+        == 0
+    )
+    replaced = workspace.fab("restore", "--archive", "backup.tar.gz")
+    assert "kept " in replaced.output and ".before-restore-" in replaced.output
+    assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
 
     bogus = workspace.folder / "bogus.tar.gz"
     bogus.write_bytes(b"not a tarball")
@@ -92,6 +104,15 @@ def test_garbage_collect_backup_and_restore(lab: Lab, workspace: Workspace) -> N
     assert "auth is a link or a special file" in refused.output
     assert (victim / "keep.conf").read_text() == "mine\n"
     shutil.rmtree(victim)
+    assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+
+    # A registry with no image yet: its backup restores too.
+    assert workspace.fab("teardown", "--purge-data").code == 0
+    assert workspace.fab("setup-registry").code == 0
+    assert workspace.fab("backup", "--output", "empty.tar.gz").code == 0
+    emptied = workspace.fab("restore", "--archive", "empty.tar.gz")
+    assert emptied.code == 0, emptied.output
+    assert workspace.fab("restore", "--archive", "backup.tar.gz").code == 0
     assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
 
     # A backup with users, restored into a registry that asks no login: the

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import InputError
-from tasks.storage import check_backup_archive
+from tasks.storage import check_backup_archive, restored_already
 
 
 def make_archive(path: Path, members: list[tarfile.TarInfo]) -> Path:
@@ -89,6 +89,14 @@ def test_a_backup_made_the_way_backup_makes_it_is_accepted(tmp_path: Path) -> No
             "auth/sub/file is neither registry data nor users",
         ),
         ([entry("auth/htpasswd")], "it holds no data/ folder"),
+        ([entry("data")], "data is a file where backup puts a folder"),
+        ([entry("data/docker")], "data/docker is a file where backup puts a folder"),
+        (
+            [entry("data/docker/x"), entry("auth")],
+            "auth is a file where backup puts a folder",
+        ),
+        ([entry("data/" + "x" * 300)], "has a name too long for a file system"),
+        ([entry("data/" + "d/" * 2100 + "x")], "has a name too long for a file system"),
         (
             [entry("data/docker/x"), entry("evil\nname")],
             "'evil\\nname' is neither registry data nor users",
@@ -112,3 +120,24 @@ def test_a_file_that_is_no_tar_gz_is_refused(tmp_path: Path) -> None:
     garbage.write_bytes(b"not an archive at all")
     with pytest.raises(InputError, match=r"cannot read it as a \.tar\.gz"):
         check_backup_archive(garbage)
+
+
+def test_a_backup_of_an_empty_registry_is_a_backup(tmp_path: Path) -> None:
+    empty = tmp_path / "root"
+    empty.mkdir()
+    for transform in (r"s,^\.$,data,;s,^\./,data/,", r"s,^\./,data/,"):  # new, old
+        archive = tmp_path / "empty.tar.gz"
+        subprocess.run(
+            ["tar", "--create", "--gzip", "--file", str(archive), "-C", str(empty),
+             "--transform", transform, "."],
+            check=True,
+        )  # fmt: skip
+        check_backup_archive(archive)
+
+
+def test_a_second_restore_of_the_same_archive_finds_nothing_to_do() -> None:
+    sha = "a" * 64
+    assert restored_already(f"{sha} f1 f1\n", sha)
+    assert not restored_already(f"{sha} f1 f2\n", sha)  # the data changed since
+    assert not restored_already(f"{'b' * 64} f1 f1\n", sha)  # another archive
+    assert not restored_already("", sha)  # never restored
