@@ -761,6 +761,10 @@ def client_outcome(
             f"kept {path} (changed since we wrote it)" for path in report.files.kept
         ]
         details += [
+            f"left {path}, the host's own earlier file, beside it: choose one by hand"
+            for path in report.files.orig_left
+        ]
+        details += [
             f"{'would put' if dry_run else 'put'} back the host's own {path} from "
             f"{path}.orig"
             for path in report.files.restored
@@ -789,7 +793,12 @@ def client_outcome(
     failures = plan.errors + [f"system: {note}" for note in report.notes]
     if failures:
         return Outcome(host, FAILED, details + failures)
-    if not (report.files.changed or report.files.removed or plan.files):
+    if not (
+        report.files.changed
+        or report.files.removed
+        or report.files.restored
+        or plan.files
+    ):
         return Outcome(host, UNCHANGED, details)
     return Outcome(host, WOULD_CHANGE if dry_run else CHANGED, details)
 

@@ -478,7 +478,13 @@ def tighten_key_mode(path: Path) -> None:
     except OSError:
         return  # reading it says what is wrong
     if mode & 0o077:
-        path.chmod(0o600)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:
+            raise StateError(
+                f"{path}: readable by others (mode {mode:04o}) and cannot be set to "
+                f"0600 ({exc.strerror}); fix its mode (and lsattr flags) by hand"
+            ) from None
         log.warning(
             "warning: %s was readable by others (mode %04o); set it back to 0600. If "
             "anyone else could read it, treat the key as leaked",
@@ -861,8 +867,9 @@ class StateFolder:
             )
         except OSError as exc:
             raise StateError(
-                f"{self.path}: cannot write the server certificate ({exc.strerror}); "
-                "fix that and run again"
+                f"{self.server_cert_path}: cannot write the server certificate and its "
+                f"key ({exc.strerror}); check the modes and flags of {self.path} and "
+                "its files (ls -l, lsattr), then run again"
             ) from None
         return Issued(cert, key, f"issued a new server certificate ({reason})")
 

@@ -529,28 +529,35 @@ abort_staged() {
   for pair in $staged; do rm -f "${pair%%|*}"; done
   staged=''
 }
+restore_orig() {
+  # What trust-clients kept aside goes back where it was.
+  [ -f "$1.orig" ] && [ ! -L "$1.orig" ] || return 1
+  if [ -n "$DRY_RUN" ]; then echo "would-restore $1"; return 0; fi
+  mv -f "$1.orig" "$1" && echo "restored $1"
+}
 remove_file() {
   p=$1 wants=$2
   last=unchanged
-  [ -e "$p" ] || return 0
+  if [ ! -e "$p" ]; then
+    restore_orig "$p" && last=removed
+    return 0
+  fi
   have=$(sha256sum "$p" 2>/dev/null | cut -c1-64)
   case " $wants " in
     *" $have "*) ;;
-    *) echo "kept $p"; return 0 ;;
+    *)
+      echo "kept $p"
+      [ ! -f "$p.orig" ] || echo "kept-orig $p.orig"
+      return 0 ;;
   esac
   if [ -n "$DRY_RUN" ]; then
     last=would-remove; echo "would-remove $p"
-    [ ! -f "$p.orig" ] || [ -L "$p.orig" ] || echo "would-restore $p"
+    restore_orig "$p"
     return 0
   fi
   rm -f "$p" || return 1
   last=removed; echo "removed $p"
-  # What trust-clients kept aside goes back where it was.
-  if [ -f "$p.orig" ] && [ ! -L "$p.orig" ]; then
-    mv -f "$p.orig" "$p" || return 1
-    echo "restored $p"
-    return 0
-  fi
+  restore_orig "$p" && return 0
   rmdir "$(dirname "$p")" 2>/dev/null
   return 0
 }
@@ -658,6 +665,7 @@ class FileReport:
     kept: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)  # the host's own, kept aside
     restored: list[str] = field(default_factory=list)  # put back from .orig
+    orig_left: list[str] = field(default_factory=list)  # .orig beside a kept file
     other: list[str] = field(default_factory=list)
 
     @classmethod
@@ -674,6 +682,7 @@ class FileReport:
             "would-save": report.saved,
             "restored": report.restored,
             "would-restore": report.restored,
+            "kept-orig": report.orig_left,
         }
         for line in output.splitlines():
             word, _, rest = line.partition(" ")

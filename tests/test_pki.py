@@ -433,3 +433,18 @@ def test_trust_variants_remember_what_earlier_rotations_wrote(tmp_path: Path) ->
     variants = state.trust_variants()
     assert variants[-1] == third
     assert {first + second, second + third, first, second} <= set(variants)
+
+
+def test_a_loose_key_that_cannot_be_tightened_is_one_line(tmp_path: Path) -> None:
+    state = pki.StateFolder(tmp_path / "pki")
+    state.ensure_ca([ADDRESS])
+    state.ca_key_path.chmod(0o644)
+    if subprocess.run(["chattr", "+i", str(state.ca_key_path)]).returncode:
+        pytest.skip("chattr +i needs root and a file system that has it")
+    try:
+        with pytest.raises(
+            StateError, match=r"ca.key: readable by others \(mode 0644\)"
+        ):
+            state.ensure_ca([ADDRESS])
+    finally:
+        subprocess.run(["chattr", "-i", str(state.ca_key_path)], check=True)

@@ -259,3 +259,31 @@ def test_known_hosts_must_be_a_small_regular_file(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="cannot use it as known_hosts"):
         elsewhere._load()
     assert not (tmp_path / "no").exists()  # not made: only ~/.ssh is
+
+
+def test_a_kept_file_comes_back_even_when_ours_is_gone(tmp_path: Path) -> None:
+    target = tmp_path / "ca.crt"
+    target.write_bytes(b"the host's own\n")
+    ours = RemoteFile(str(target), b"ours\n")
+    assert (
+        run_script(script_header(False) + render_put_files([ours], [])).returncode == 0
+    )
+    target.unlink()  # someone deleted our file by hand
+    undone = run_script(script_header(False) + render_remove_files([ours]))
+    assert FileReport.parse(undone.stdout).restored == [str(target)]
+    assert target.read_bytes() == b"the host's own\n"
+
+
+def test_a_kept_file_beside_an_edited_one_is_named(tmp_path: Path) -> None:
+    target = tmp_path / "hosts.toml"
+    target.write_bytes(b"mirror\n")
+    ours = RemoteFile(str(target), b"ours\n")
+    assert (
+        run_script(script_header(False) + render_put_files([ours], [])).returncode == 0
+    )
+    target.write_bytes(b"edited by hand\n")
+    undone = run_script(script_header(False) + render_remove_files([ours]))
+    report = FileReport.parse(undone.stdout)
+    assert report.kept == [str(target)]
+    assert report.orig_left == [f"{target}.orig"]
+    assert target.read_bytes() == b"edited by hand\n"
