@@ -259,7 +259,7 @@ def _clients(
             target = parse_ssh_target(entry, where)
             runtimes = default_runtimes
             users = default_users
-        identity = (_host_identity(target.host), target.port or 22)
+        identity = (host_identity(target.host), target.port or 22)
         if identity in seen:
             raise InputError(
                 f"{where}: {target} is listed twice (also clients[{seen[identity]}]); "
@@ -270,7 +270,7 @@ def _clients(
     return tuple(clients)
 
 
-def _host_identity(host: str) -> str:
+def host_identity(host: str) -> str:
     """One spelling per host: IPv6 compressed, names in lower case."""
     ip = parse_ip(host)
     return str(ip) if ip is not None else host.lower()

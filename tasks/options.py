@@ -11,7 +11,7 @@ from fabric import Connection
 
 from .addresses import SshTarget, parse_ssh_target
 from .errors import InputError
-from .inventory import DEFAULT_INVENTORY, Inventory, load_inventory
+from .inventory import DEFAULT_INVENTORY, Inventory, host_identity, load_inventory
 
 DEFAULT_PKI_DIR = "pki"
 
@@ -61,7 +61,7 @@ def targets_from_hosts(hosts: Sequence[str]) -> list[SshTarget]:
     seen: set[tuple[str, int]] = set()
     for host in hosts:
         target = parse_ssh_target(host, f"-H {host}")
-        identity = (target.host, target.port or 22)
+        identity = (host_identity(target.host), target.port or 22)
         if identity not in seen:
             seen.add(identity)
             targets.append(target)
