@@ -43,6 +43,7 @@ from .report import (
     finish,
     log,
     log_outcome,
+    send_log_to_stderr,
     size_text,
     user_errors,
 )
@@ -241,6 +242,8 @@ def status(
     installed on the host. Exits 1 when the registry is not running or fails the TLS
     check. Use --json for scripts.
     """
+    if json:
+        send_log_to_stderr()
     spec, connection = open_registry(c, inventory)
     spec = live_spec(connection, spec)
     state = StateFolder(Path(pki_dir))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import posixpath
 import shlex
 import ssl
 import time
@@ -83,6 +84,9 @@ class RegistrySpec:
     data: str
     remote_dir: str
     container: str
+    #: The settings an option or the inventory gave; the others are defaults, which
+    #: yield to what the running registry was set up with (see ``adopt_live``).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def addresses(self) -> list[str]:
@@ -188,7 +192,17 @@ def resolve_spec(
         ),
     )
     check_apart(spec.data, spec.remote_dir)
-    return spec
+    given = {
+        name
+        for name, option, kept in (
+            ("port", port, settings.port),
+            ("image", image, settings.image),
+            ("data", data, settings.data),
+            ("remote_dir", remote_dir, settings.remote_dir),
+        )
+        if option is not None or kept is not None
+    }
+    return replace(spec, given=frozenset(given))
 
 
 def check_apart(data: str, remote_dir: str) -> None:
@@ -711,22 +725,27 @@ def certify_and_deploy(
     existing_only: bool = False,
     report: bool = True,
     notes: Sequence[str] = (),
-    before_deploy: Callable[[Probe], Sequence[str]] | None = None,
+    before_deploy: Callable[[Probe, RegistrySpec], Sequence[str]] | None = None,
 ) -> Outcome:
     """Make or reuse the CA and server certificate, deploy, verify, and report.
 
     ``notes`` are changes the caller made on the host before, reported first.
     ``before_deploy`` changes the host once every check has passed, under the state
-    folder's lock, and returns its notes: a failed check then leaves the host as it
-    was. ``existing_only``: a day-two change, which must not bring back a registry
-    that teardown removed. ``report``: log the host's line here (else the caller
-    folds the outcome into its own).
+    folder's lock, given the probe and the spec as resolved, and returns its notes:
+    a failed check then leaves the host as it was. ``existing_only``: a day-two
+    change, which must not bring back a registry that teardown removed. ``report``:
+    log the host's line here (else the caller folds the outcome into its own).
     """
     with state.locked():
         # The host's CA is checked before anything is made or changed here.
         host = host_label(connection)
         probe = probe_registry(connection, spec)
         check_docker(probe, host)
+        spec, kept = adopt_live(spec, probe.container, keep_given=True)
+        for kept_note in kept:
+            log.info("%s: %s", host, kept_note)
+        if kept:
+            probe = probe_registry(connection, spec)  # the image, port... it runs
         if existing_only and probe.container is None:
             raise HostError(
                 host,
@@ -751,7 +770,7 @@ def certify_and_deploy(
             for address in before
             if address not in pki.cert_addresses(server.cert)
         ]
-        changes = before_deploy(probe) if before_deploy is not None else []
+        changes = before_deploy(probe, spec) if before_deploy is not None else []
         if changes:
             notes = [*notes, *changes]
             probe = probe_registry(connection, spec)  # what it changed counts too
@@ -859,35 +878,74 @@ def inspect_container(
     return result.stdout if result.stdout.strip() else None
 
 
+def live_settings(container: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings a registry container of ours runs with: port, image, data and
+    remote_dir, as far as it shows them."""
+    if not container:
+        return {}
+    config = container.get("Config") or {}
+    if (config.get("Labels") or {}).get(MANAGED_LABEL) != "true":
+        return {}
+    found: dict[str, Any] = {}
+    if config.get("Image"):
+        found["image"] = config["Image"]
+    bindings = (container.get("HostConfig") or {}).get("PortBindings") or {}
+    for binding in bindings.get(f"{CONTAINER_PORT}/tcp") or []:
+        if str(binding.get("HostPort", "")).isdigit():
+            found["port"] = int(binding["HostPort"])
+    for mount in container.get("Mounts") or []:
+        source = mount.get("Name") if mount.get("Type") == "volume" else None
+        source = source or mount.get("Source")
+        if not source:
+            continue
+        if mount.get("Destination") == "/var/lib/registry":
+            found["data"] = source
+        elif mount.get("Destination") == CONTAINER_CERTS:
+            found["remote_dir"] = posixpath.dirname(source.rstrip("/"))
+    return found
+
+
+def adopt_live(
+    spec: RegistrySpec, container: dict[str, Any] | None, keep_given: bool
+) -> tuple[RegistrySpec, list[str]]:
+    """``spec`` with the settings the running registry has, and a note for each.
+
+    With ``keep_given``, an option or the inventory still wins (that is how a
+    setting changes); only defaults yield. Without, every setting follows the
+    container: a task that only reads or copies acts on the registry as it runs.
+    """
+    changes: dict[str, Any] = {}
+    notes = []
+    for name, value in live_settings(container).items():
+        wanted = getattr(spec, name)
+        if value == wanted or (keep_given and name in spec.given):
+            continue
+        changes[name] = value
+        notes.append(
+            f"the registry runs with {name} {value} (not {wanted}): keeping that; set "
+            f"registry.{name} in the inventory to say so"
+        )
+    return (replace(spec, **changes) if changes else spec), notes
+
+
 def live_spec(connection: Connection, spec: RegistrySpec) -> RegistrySpec:
-    """``spec`` with the data location the registry container really uses.
+    """``spec`` with the settings the registry container really uses.
 
     Day-two tasks act on the registry as it runs: the inventory may say otherwise
     (setup-registry was given --data, or the file changed since).
     """
-    found = inspect_container(connection, spec, "{{json .Mounts}}")
-    lines = (found or "").strip().splitlines()
+    found = inspect_container(connection, spec)
+    lines = (found or "").strip()
     if not lines:
         return spec
     try:
-        mounts = json.loads(lines[-1]) or []
+        container = (json.loads(lines) or [None])[0]
     except ValueError:
         return spec
-    for mount in mounts:
-        if mount.get("Destination") != "/var/lib/registry":
-            continue
-        data = (
-            mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
-        )
-        if data and data != spec.data:
-            log.info(
-                "%s: the registry keeps its data in %s (not %s): acting on that",
-                host_label(connection),
-                data,
-                spec.data,
-            )
-            return replace(spec, data=data)
-    return spec
+    adopted, notes = adopt_live(spec, container, keep_given=False)
+    for note in notes:
+        log.info("%s: %s", host_label(connection), note)
+    return adopted
 
 
 def check_host_is_registry(

@@ -51,6 +51,13 @@ def setup_logging() -> None:
     log.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def send_log_to_stderr() -> None:
+    """For output meant for scripts (--json): standard output holds only that."""
+    for handler in log.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+
+
 def user_errors(function: F) -> F:
     """Turn our errors into a one-line message and exit code 1, without a traceback."""
 

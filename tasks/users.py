@@ -227,16 +227,17 @@ def _change_user(
         )
     host = host_label(connection)
 
-    def change_users(probe: Probe) -> list[str]:
-        # Only once the host passed every check: a refused run changes nothing.
-        found = _read_users(connection, spec, name)
+    def change_users(probe: Probe, live: RegistrySpec) -> list[str]:
+        # Only once the host passed every check: a refused run changes nothing. The
+        # users file is where the running registry reads it.
+        found = _read_users(connection, live, name)
         users = found or {}
         note = _apply_change(users, name, password)
         if note is None:
             if remove:
                 log.info("%s: no user %s to remove", host, name)
             return []
-        _write_users(connection, spec, users)
+        _write_users(connection, live, users)
         if remove and not users:
             return [note, "no users left: nobody can log in; add-user lets someone in"]
         return [note]

@@ -22,7 +22,8 @@ LAB_HOSTS = [("registry", True), ("client1", True), ("client2", False)]
 @dataclass
 class FabResult:
     code: int
-    output: str
+    output: str  # standard output and error together, as a user sees them
+    stdout: str = ""
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Workspace:
         )
         output = done.stdout + done.stderr
         print(f"$ fab {' '.join(args)}\n{output}")
-        return FabResult(done.returncode, output)
+        return FabResult(done.returncode, output, done.stdout)
 
     def write_inventory(self, document: dict[str, object]) -> Path:
         path = self.folder / "inventory.yaml"

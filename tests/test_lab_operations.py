@@ -47,7 +47,7 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     assert "TLS           ok (HTTP 200 on /v2/)" in status.output
     ca = x509.load_pem_x509_certificate((workspace.folder / "pki/ca.crt").read_bytes())
     assert pki.fingerprint(ca) in status.output
-    facts = json.loads(workspace.fab("status", "--json").output)
+    facts = json.loads(workspace.fab("status", "--json").stdout)
     assert facts["state"] == "running" and facts["managed"] is True
     assert facts["repositories"] >= 1  # earlier tests may have pushed more
     assert facts["certificate_addresses"] == [address]
@@ -62,7 +62,7 @@ def test_day_two_operations(lab: Lab, workspace: Workspace) -> None:
     assert soon.code == 1
     assert "EXPIRES SOON" in soon.output and "rotate-cert" in soon.output
     # For cron: silent while all is well, the dates when not.
-    assert workspace.fab("check-expiry", "--quiet") == FabResult(0, "")
+    assert workspace.fab("check-expiry", "--quiet") == FabResult(0, "", "")
     loud = workspace.fab("check-expiry", "--quiet", "--days", "400")
     assert loud.code == 1 and "EXPIRES SOON" in loud.output
 
@@ -200,7 +200,7 @@ def test_data_in_a_host_folder(lab: Lab, workspace: Workspace) -> None:
     assert run_on(lab, "client1", f"docker push {image}").returncode == 0
     folder = lab.host("registry").files / "srv/registry"
     assert (folder / "docker/registry/v2/repositories/lab/folder").is_dir()
-    assert json.loads(workspace.fab("status", "--json").output)["data"] == (
+    assert json.loads(workspace.fab("status", "--json").stdout)["data"] == (
         "/srv/registry"
     )
 
@@ -218,3 +218,56 @@ def test_data_in_a_host_folder(lab: Lab, workspace: Workspace) -> None:
     assert run_on(lab, "client1", f"docker rmi {image}").returncode == 0
     assert run_on(lab, "client1", f"docker pull {image}").returncode != 0
     assert workspace.fab("untrust-clients").code == 0
+
+
+def test_settings_given_once_stay_with_the_registry(
+    lab: Lab, workspace: Workspace
+) -> None:
+    address = lab.host("registry").address
+    client = lab.host("client1").address
+    image = f"{address}:5000/lab/kept-settings:1"
+    workspace.write_inventory(
+        {"registry": {"address": address}, "clients": [client], "runtimes": ["docker"]}
+    )
+    # --data and --remote-dir on the command line only, not in the inventory.
+    setup = workspace.fab(
+        "setup-registry",
+        "--image-archive", str(lab.registry_image_archive()),
+        "--data", "/srv/registry", "--remote-dir", "/opt/registry/alt",
+        "--replace-ca",  # the module's registry host has another test's CA
+    )  # fmt: skip
+    assert setup.code == 0, setup.output
+    assert workspace.fab("trust-clients").code == 0
+    lab.build_test_image("client1", image)
+    assert run_on(lab, "client1", f"docker push {image}").returncode == 0
+
+    # Later tasks without those options keep them: the images and the users stay.
+    secret = workspace.folder / "password"
+    secret.write_text("kept-settings-1\n")
+    added = workspace.fab("add-user", "--name", "ci", "--password-file", str(secret))
+    assert added.code == 0, added.output
+    assert "the registry runs with data /srv/registry (not registry-data)" in (
+        added.output
+    )
+    assert "the data moves" not in added.output
+    users = lab.host("registry").files / "opt/registry/alt/auth/htpasswd"
+    assert users.read_text().startswith("ci:$2y$")
+    rotated = workspace.fab("rotate-cert")
+    assert rotated.code == 0, rotated.output
+    assert "login required" in rotated.output  # the users file was found
+    facts = json.loads(workspace.fab("status", "--json").stdout)
+    assert facts["data"] == "/srv/registry"
+    plain = workspace.fab("setup-registry")
+    assert "recap: 1 host: 1 unchanged" in plain.output, plain.output
+    assert (
+        workspace.fab(
+            "login-clients", "--name", "ci", "--password-file", str(secret)
+        ).code
+        == 0
+    )
+    assert run_on(lab, "client1", f"docker rmi {image}").returncode == 0
+    assert run_on(lab, "client1", f"docker pull {image}").returncode == 0
+
+    assert workspace.fab("login-clients", "--logout").code == 0
+    assert workspace.fab("untrust-clients").code == 0
+    assert workspace.fab("teardown", "--purge-data").code == 0

@@ -17,8 +17,10 @@ from tasks.registry import (
     ContainerPlan,
     Probe,
     RegistrySpec,
+    adopt_live,
     check_docker,
     check_port_free,
+    live_settings,
     parse_probe,
     plan_container,
     public_addresses,
@@ -272,3 +274,49 @@ def test_data_beside_remote_dir_is_fine() -> None:
         remote_dir="/opt/registry",
     )
     assert spec.data == "/opt/registry-data"
+
+
+def container_running(**changes: object) -> dict[str, object]:
+    container: dict[str, object] = {
+        "Config": {"Image": "registry:2", "Labels": {MANAGED_LABEL: "true"}},
+        "HostConfig": {"PortBindings": {"5000/tcp": [{"HostPort": "5443"}]}},
+        "Mounts": [
+            {"Type": "bind", "Source": "/srv/registry",
+             "Destination": "/var/lib/registry"},
+            {"Type": "bind", "Source": "/opt/alt/certs", "Destination": "/certs"},
+        ],
+    }  # fmt: skip
+    container.update(changes)
+    return container
+
+
+def test_live_settings_read_from_our_container() -> None:
+    assert live_settings(container_running()) == {
+        "image": "registry:2",
+        "port": 5443,
+        "data": "/srv/registry",
+        "remote_dir": "/opt/alt",
+    }
+    foreign = container_running(Config={"Image": "registry:2", "Labels": {}})
+    assert live_settings(foreign) == {}
+    assert live_settings(None) == {}
+
+
+def test_defaults_yield_to_the_running_registry_given_settings_do_not() -> None:
+    defaults = resolve_spec(RegistrySettings(), None, ssh_host="10.0.0.5")
+    adopted, notes = adopt_live(defaults, container_running(), keep_given=True)
+    assert (adopted.port, adopted.data, adopted.remote_dir) == (
+        5443,
+        "/srv/registry",
+        "/opt/alt",
+    )
+    assert len(notes) == 3 and "registry.data in the inventory" in notes[1]
+
+    given = resolve_spec(
+        RegistrySettings(), None, ssh_host="10.0.0.5", data="/srv/new", port=5000
+    )
+    moved, notes = adopt_live(given, container_running(), keep_given=True)
+    assert (moved.port, moved.data, moved.remote_dir) == (5000, "/srv/new", "/opt/alt")
+    # A task that only reads acts on the registry as it runs, whatever is given.
+    read, _ = adopt_live(given, container_running(), keep_given=False)
+    assert (read.port, read.data) == (5443, "/srv/registry")
