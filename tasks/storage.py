@@ -37,6 +37,7 @@ from .remote import failure_line, host_label, run_as_root
 from .report import (
     CHANGED,
     UNCHANGED,
+    WOULD_CHANGE,
     Outcome,
     finish,
     log,
@@ -106,12 +107,33 @@ docker run --rm --volume {shlex.quote(spec.data)}:/var/lib/registry \\
   /etc/docker/registry/config.yml >/tmp/registry-gc.$$ 2>&1
 rc=$?
 log=/tmp/registry-gc.$$
-tail -n 1 $log | sed 's/^/summary /'
+grep 'blobs marked' $log | tail -n 1 | sed 's/^/summary /'
+echo "deleted $(grep -c 'Deleting blob' $log)"
 [ $rc -eq 0 ] || {{ tail -n 5 $log >&2; rm -f $log; exit $rc; }}
 rm -f $log
 echo "freed $((before - $(du -sb "$root" | cut -f1)))"
 """
     return while_stopped(spec, work, stop=not dry_run)
+
+
+def gc_result(output: str, dry_run: bool) -> tuple[str, list[str]]:
+    """The status and details of a collection, from what its script printed."""
+    summary, freed, deleted = "", 0, 0
+    for line in output.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "summary":
+            summary = rest.strip()
+        elif word == "freed" and rest.strip().lstrip("-").isdigit():
+            freed = int(rest)
+        elif word == "deleted" and rest.strip().isdigit():
+            deleted = int(rest)
+    details = [summary] if summary else []
+    if dry_run:
+        found = re.search(r"(\d+) blobs and (\d+) manifests eligible", summary)
+        eligible = found is not None and any(int(n) for n in found.groups())
+        return (WOULD_CHANGE if eligible else UNCHANGED), details
+    details.append(f"deleted {deleted} blobs, freed {size_text(max(freed, 0))}")
+    return (CHANGED if deleted or freed > 0 else UNCHANGED), details
 
 
 GC_HELP = {
@@ -143,18 +165,7 @@ def garbage_collect(
     result = run_as_root(connection, script, what="garbage-collect")
     if not result.ok:
         raise HostError(host, f"garbage collection failed: {failure_line(result)}")
-    summary = ""
-    freed = 0
-    for line in result.stdout.splitlines():
-        if line.startswith("summary "):
-            summary = line[len("summary ") :]
-        elif line.startswith("freed "):
-            freed = int(line.split()[1])
-    details = [summary] if summary else []
-    if not dry_run:
-        details.append(f"freed {size_text(freed)}")
-    status = CHANGED if freed > 0 else UNCHANGED
-    outcome = Outcome(host, status, details)
+    outcome = Outcome(host, *gc_result(result.stdout, dry_run))
     log_outcome(outcome)
     warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
     finish([outcome])
@@ -170,8 +181,8 @@ def render_backup(spec: RegistrySpec, archive: str) -> str:
 [ -d "$root" ] || {{ echo "no registry data at $root" >&2; exit 4; }}
 set -- -C "$root" --exclude='./.before-restore-*' --exclude='./.restore-*' \\
   --transform 's,^\\.$,data,;s,^\\./,data/,' .
-if [ -d {shlex.quote(spec.auth_dir)} ]; then
-  set -- "$@" -C {shlex.quote(spec.remote_dir)} auth
+if [ -f {shlex.quote(spec.htpasswd_path)} ]; then
+  set -- "$@" -C {shlex.quote(spec.remote_dir)} auth/htpasswd
 fi
 tar --create --gzip --file {shlex.quote(archive)} "$@" || exit 1
 """
@@ -296,16 +307,13 @@ fi
 if [ -d "$staging/data/docker" ]; then
   mv "$staging/data/docker" "$root/docker" || exit 1
 fi
-if [ -d "$staging/auth" ]; then
+if [ -f "$staging/auth/htpasswd" ]; then
   mkdir -p {shlex.quote(spec.auth_dir)}
-  for f in "$staging"/auth/*; do
-    [ -f "$f" ] || continue
-    old={shlex.quote(spec.auth_dir)}/$(basename "$f")
-    if [ -f "$old" ] && ! cmp -s "$f" "$old"; then
-      cp -p "$old" "$old.{aside}" && echo "kept the previous users as $old.{aside}"
-    fi
-    mv -f "$f" {shlex.quote(spec.auth_dir)}/ && echo "restored users"
-  done
+  old={shlex.quote(spec.htpasswd_path)}
+  if [ -f "$old" ] && ! cmp -s "$staging/auth/htpasswd" "$old"; then
+    cp -p "$old" "$old{aside}" && echo "kept the previous users as $old{aside}"
+  fi
+  mv -f "$staging/auth/htpasswd" "$old" && echo "restored users"
 fi
 rm -rf "$staging"
 # What this archive left, for a second restore of it to find nothing to do.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import InputError
-from tasks.storage import check_backup_archive, restored_already
+from tasks.storage import check_backup_archive, gc_result, restored_already
 
 
 def make_archive(path: Path, members: list[tarfile.TarInfo]) -> Path:
@@ -141,3 +141,16 @@ def test_a_second_restore_of_the_same_archive_finds_nothing_to_do() -> None:
     assert not restored_already(f"{sha} f1 f2\n", sha)  # the data changed since
     assert not restored_already(f"{'b' * 64} f1 f1\n", sha)  # another archive
     assert not restored_already("", sha)  # never restored
+
+
+def test_gc_result_says_what_went_and_what_would() -> None:
+    marked = "summary 12 blobs marked, 3 blobs and 1 manifests eligible for deletion"
+    assert gc_result(f"{marked}\ndeleted 3\nfreed 44900\n", dry_run=False) == (
+        "changed",
+        ["12 blobs marked, 3 blobs and 1 manifests eligible for deletion",
+         "deleted 3 blobs, freed 44.9 kB"],
+    )  # fmt: skip
+    assert gc_result(f"{marked}\ndeleted 3\n", dry_run=True)[0] == "would change"
+    idle = "summary 12 blobs marked, 0 blobs and 0 manifests eligible for deletion"
+    assert gc_result(f"{idle}\ndeleted 0\nfreed 0\n", dry_run=True)[0] == "unchanged"
+    assert gc_result(f"{idle}\ndeleted 0\nfreed 0\n", dry_run=False)[0] == "unchanged"
