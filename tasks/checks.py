@@ -1075,7 +1075,8 @@ def _pull_findings(
                 Finding(
                     "auth",
                     f"{authority} requires a login and this host has none",
-                    f"run docker login {authority} on this host",
+                    "run fab login-clients --name USER (or docker login "
+                    f"{authority} here)",
                 )
             )
     return _unique(findings)
@@ -1087,7 +1088,9 @@ def _pull_failure(
     text = probe.error.lower()
     authority = registry.authority
     if re.search(r"unauthorized|authentication required|no basic auth|denied", text):
-        return "auth", f"run docker login {authority} on this host"
+        return "auth", (
+            f"run fab login-clients --name USER (or docker login {authority} here)"
+        )
     if "proxyconnect" in text or "proxy" in text:
         return "proxy", f"add {registry.address} to the daemon's NO_PROXY"
     if re.search(r"x509|certificate|unknown authority|tls: failed to verify", text):

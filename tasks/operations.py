@@ -107,6 +107,7 @@ class Status:
     certificate_days_left: int | None = None
     certificate_fingerprint: str | None = None
     ca_fingerprint: str | None = None
+    next_ca_fingerprint: str | None = None  # during a CA rotation
     warnings: list[str] = field(default_factory=list)
 
 
@@ -209,6 +210,11 @@ def format_status(status: Status) -> str:
         ("certificate", certificate),
         ("cert SHA-256", status.certificate_fingerprint or "-"),
         ("CA SHA-256", status.ca_fingerprint or "- (no pki/ca.crt here)"),
+        *(
+            [("next CA", status.next_ca_fingerprint)]
+            if status.next_ca_fingerprint
+            else []
+        ),
         ("repositories", "-" if status.repositories is None
          else str(status.repositories)),
         ("data", size),
@@ -259,6 +265,16 @@ def status(
         )
         if pki.days_left(ca_cert) < pki.RENEW_DAYS:
             found.warnings.append(f"the CA expires in {pki.days_left(ca_cert)} days")
+        upcoming = state.read_next_ca()
+        if upcoming is not None:
+            found.next_ca_fingerprint = pki.fingerprint(upcoming[0])
+            found.warnings.append(
+                "a CA rotation is in progress: the next CA signs the registry's "
+                "certificate now; run rotate-ca --step finish"
+                if state.switched
+                else "a CA rotation is in progress: run fab trust-clients, then "
+                "rotate-ca --step switch"
+            )
     result = run_as_root(connection, render_status(spec), what="status")
     read_status(found, result.stdout)
     if json:
@@ -492,8 +508,11 @@ def logs(
     warn_expiry_of(StateFolder(Path(DEFAULT_PKI_DIR)))
     command = f"docker logs --tail {count} {'--follow ' if follow else ''}"
     prefix = "" if connection.user == "root" else "sudo "
+    # The registry logs to its standard error: both come out on ours, for grep.
     connection.run(
-        prefix + command + shlex.quote(spec.container), pty=follow, warn=True
+        prefix + command + shlex.quote(spec.container) + " 2>&1",
+        pty=follow,
+        warn=True,
     )
 
 

@@ -123,15 +123,16 @@ def recap(outcomes: Sequence[Outcome]) -> str:
     return f"{hosts_text(len(outcomes))}: {', '.join(parts)}"
 
 
-def finish(outcomes: Sequence[Outcome], next_step: str | None = None) -> None:
+def finish(
+    outcomes: Sequence[Outcome],
+    next_step: str | None = None,
+    fix: str = "fix what is said above and run the task again (hosts already done "
+    "report unchanged)",
+) -> None:
     """Print the recap; exit 1 naming the failed hosts, after all others were done."""
     log.info("recap: %s", recap(outcomes))
     failed = [outcome.host for outcome in outcomes if outcome.failed]
     if failed:
-        raise Exit(
-            f"error: failed on {', '.join(failed)}; fix what is said above and run the "
-            "task again (hosts already done report unchanged)",
-            code=1,
-        )
+        raise Exit(f"error: failed on {', '.join(failed)}; {fix}", code=1)
     if next_step:
         log.info("next: %s", next_step)

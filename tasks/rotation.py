@@ -98,7 +98,7 @@ ROTATE_CA_HELP = {
 @user_errors
 def rotate_ca(
     c: Context,
-    step: str,
+    step: str | None = None,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
     ca_days: str | None = None,
@@ -114,7 +114,7 @@ def rotate_ca(
     then run trust-clients, which leaves only the new CA on the clients.
     Each step refuses to run out of order and says what to do first.
     """
-    if step not in STEPS:
+    if step is None or step not in STEPS:
         raise InputError(f"--step {step}: use begin, switch or finish, in that order")
     if is_connection(c):
         raise InputError(
@@ -141,7 +141,7 @@ def _begin(c: Context, state: StateFolder, inventory: str | None, days: int) -> 
     made = state.begin_rotation(spec.addresses, days=days)
     said = "made the next CA" if made.change else "the next CA exists already"
     outcome = Outcome(
-        spec.authority,
+        str(state.path),  # this step changes only the state folder
         CHANGED if made.change else UNCHANGED,
         [f"{said}: {state.next_cert_path} (SHA-256 {pki.fingerprint(made.cert)})"],
     )
@@ -178,7 +178,11 @@ def _switch(
     for done, outcome in enumerate(checks, start=1):
         log_outcome(outcome, done, len(checks))
     if any(outcome.failed for outcome in checks):
-        finish(checks)  # exits 1, naming the hosts to run trust-clients on
+        finish(  # exits 1, naming the hosts
+            checks,
+            fix="run fab trust-clients (it installs both CAs), then rotate-ca --step "
+            "switch again",
+        )
     spec, connection = open_registry(c, inventory)
     first_time = not state.switched
     state.mark_switched()
@@ -195,6 +199,16 @@ def _switch(
 
 def _finish(c: Context, state: StateFolder, inventory: str | None) -> None:
     found = state.read_next_ca()
+    if found is None and any(state.retired_dir.glob("ca-*")):
+        # Finished before: a second run has nothing to do.
+        outcome = Outcome(
+            str(state.path),
+            UNCHANGED,
+            [f"no rotation in progress; {state.ca_cert_path} is the CA in use"],
+        )
+        log_outcome(outcome)
+        finish([outcome], "fab trust-clients (leaves only this CA on every client)")
+        return
     if found is None:
         raise _nothing_begun(state)
     if not state.switched:
@@ -211,7 +225,7 @@ def _finish(c: Context, state: StateFolder, inventory: str | None) -> None:
         )
     retired = state.finish_rotation()
     outcome = Outcome(
-        spec.authority,
+        str(state.path),
         CHANGED,
         [f"the next CA is now {state.ca_cert_path}", f"the old CA is in {retired}"],
     )

@@ -423,7 +423,7 @@ RESTORE_HELP = {
 @user_errors
 def restore(
     c: Context,
-    archive: str,
+    archive: str | None = None,
     inventory: str | None = None,
     pki_dir: str = DEFAULT_PKI_DIR,
 ) -> None:
@@ -433,6 +433,8 @@ def restore(
     it had is not deleted: it is moved to .before-restore-TIME inside the data folder
     (delete that when satisfied). Run setup-registry first on a new host.
     """
+    if archive is None:
+        raise InputError("--archive: give the backup to restore, --archive FILE.tar.gz")
     source = Path(archive)
     if not source.is_file():
         raise InputError(f"--archive {archive}: no such file")

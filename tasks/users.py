@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -105,6 +106,10 @@ def read_password(password_file: str | None, name: str, confirm: bool = True) ->
             ) from None
         password = lines[0] if lines else ""
     else:
+        if not sys.stdin.isatty():
+            raise InputError(
+                f"no terminal to ask the password for {name}; pass --password-file FILE"
+            )
         try:
             password = getpass.getpass(f"password for {name}: ")
             again = getpass.getpass("again: ") if confirm else password
@@ -182,7 +187,7 @@ def add_user(
     kind the registry accepts. The first user switches the registry to htpasswd
     authentication (the container is recreated, data kept). The password comes from
     a prompt or --password-file, never from the command line, and is never logged.
-    Then, on each client: docker login ADDRESS:PORT. Safe to re-run.
+    Then log the clients in: fab login-clients --name NAME. Safe to re-run.
     """
     _change_user(c, name, password_file, inventory, pki_dir, remove=False)
 
@@ -245,7 +250,12 @@ def _change_user(
     outcome = certify_and_deploy(
         spec, connection, state, existing_only=True, before_deploy=change_users
     )
-    finish([outcome], None if remove else f"docker login {spec.authority}")
+    finish(
+        [outcome],
+        None
+        if remove
+        else f"fab login-clients --name {name} (docker login on clients)",
+    )
 
 
 def _apply_change(users: dict[str, str], name: str, password: str | None) -> str | None:

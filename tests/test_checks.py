@@ -350,8 +350,8 @@ def test_a_login_is_asked_for_when_the_registry_wants_one() -> None:
     )
     assert status == FAILED
     assert line.startswith(
-        f"auth: {A} requires a login and this host has none; run docker login {A} "
-        "on this host"
+        f"auth: {A} requires a login and this host has none; run fab login-clients "
+        f"--name USER (or docker login {A} here)"
     )
 
     status, line = outcome_for(wants_login + "image app:1\npull docker 0\n")
