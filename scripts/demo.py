@@ -62,7 +62,9 @@ def main() -> None:
     options = parser.parse_args()
 
     lab = Lab(PROJECT / ".lab")
-    workspace = PROJECT / ".lab" / "workspace"
+    # Its own folder: the one make lab-up gives for trying the tasks by hand
+    # (.lab/workspace, with its CA and backups) is left alone.
+    workspace = PROJECT / ".lab" / "demo"
     shutil.rmtree(workspace, ignore_errors=True)
     say("bringing up the lab: hosts in network namespaces, each with sshd")
     lab.up(HOSTS)

@@ -28,6 +28,7 @@ def command_up(lab: Lab) -> None:
     # The lab cannot pull images: setup-registry uploads this archive instead.
     archive = lab.registry_image_archive()
     workspace = lab.workdir / "workspace"
+    earlier_pki = (workspace / "pki").exists()
     inventory = lab.write_inventory(workspace)
     print(f"lab up in {time.monotonic() - started:.1f}s\n")
     _print_hosts(lab)
@@ -37,11 +38,21 @@ def command_up(lab: Lab) -> None:
     print(f"inventory:     {inventory}")
     project = Path(__file__).resolve().parents[2]
     fab = f"fab --search-root {project} -f {lab.fabric_config()}"
+    # Lab clients cannot pull anything: one small image to push, ready on client1.
+    image = f"{lab.host('registry').address}:5000/lab/hello:1"
+    lab.build_test_image("client1", image)
+    if earlier_pki:
+        print(
+            f"\nnote: {workspace}/pki is from an earlier lab and is reused (its CA "
+            "and any rotation in progress); remove it for a fresh start"
+        )
     print(
         "\ntry the tasks by hand, from the folder that holds the inventory:\n"
         f"  . {project}/.venv/bin/activate && cd {workspace}\n"
         f"  {fab} setup-registry --image-archive {archive}\n"
-        f"  {fab} trust-clients"
+        f"  {fab} trust-clients\n"
+        f"  {fab} status\n"
+        f"  ssh -F {lab.ssh_config()} client1 docker push {image}"
     )
 
 
