@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fabric import task
+from fabric import Connection, task
 from invoke.context import Context
 from invoke.exceptions import Exit
 
@@ -32,6 +32,7 @@ from .clients import (
     chosen_runtimes,
     prepare_fleet_run,
     stray_folder_patterns,
+    with_client,
 )
 from .errors import HostError, InputError
 from .inventory import AUTO, Client
@@ -1209,16 +1210,13 @@ def _progress(done: int, total: int, outcome: Outcome) -> None:
 
 def check_client(run: FleetRun, client: Client, image: str | None) -> Outcome:
     """Check one client; every failure becomes that host's outcome."""
-    host = str(client.target)
-    connection = run.fleet.connect(client.target)
-    try:
+
+    def work(connection: Connection, host: str) -> Outcome:
         script = render_check(run.registry, client.runtimes, image)
         result = run_as_root(connection, script, what="client check")
         if not result.ok:
             raise HostError(host, f"the check script failed: {failure_line(result)}")
         verdict = judge(parse_check(result.stdout), run.registry, run.ca_pem)
         return check_outcome(host, verdict)
-    except HostError as exc:
-        return Outcome(host, FAILED, [f"ssh: {exc.reason}"])
-    finally:
-        connection.close()
+
+    return with_client(run, client, work, prefix="ssh: ")

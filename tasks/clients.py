@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -670,16 +670,34 @@ def _still_running(clients: Sequence[Client]) -> None:
     log.info("still waiting for %d hosts: %s%s", len(clients), names, more)
 
 
-def on_client(run: FleetRun, client: Client, *, remove: bool, dry_run: bool) -> Outcome:
-    """Trust (or untrust) on one client; every failure becomes that host's outcome."""
+def with_client(
+    run: FleetRun,
+    client: Client,
+    work: Callable[[Connection, str], Outcome],
+    prefix: str = "",
+) -> Outcome:
+    """Run ``work(connection, host)`` on one client, and close the connection; a
+    failure there becomes that host's outcome (its reason after ``prefix``), so the
+    other hosts carry on."""
     connection = run.fleet.connect(client.target)
     host = str(client.target)
     try:
-        return _on_client(run, client, connection, host, remove, dry_run)
+        return work(connection, host)
     except HostError as exc:
-        return Outcome(host, FAILED, [exc.reason])
+        return Outcome(host, FAILED, [f"{prefix}{exc.reason}"])
     finally:
         connection.close()
+
+
+def on_client(run: FleetRun, client: Client, *, remove: bool, dry_run: bool) -> Outcome:
+    """Trust (or untrust) on one client; every failure becomes that host's outcome."""
+    return with_client(
+        run,
+        client,
+        lambda connection, host: _on_client(
+            run, client, connection, host, remove, dry_run
+        ),
+    )
 
 
 def _on_client(

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from fabric import Connection, task
 from invoke.context import Context
 
-from .clients import FleetRun, Registry, prepare_fleet_run
+from .clients import FleetRun, Registry, prepare_fleet_run, with_client
 from .errors import HostError, InputError
 from .inventory import Client
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
 from .remote import failure_line, fan_out, run_as_root
 from .report import (
     CHANGED,
-    FAILED,
     UNCHANGED,
     WOULD_CHANGE,
     Outcome,
@@ -154,14 +153,13 @@ def on_client(
     dry_run: bool,
 ) -> Outcome:
     """Log one client's docker in (or out, without ``password``)."""
-    connection = run.fleet.connect(client.target)
-    host = str(client.target)
-    try:
-        return _on_client(run, connection, host, name, password, dry_run)
-    except HostError as exc:
-        return Outcome(host, FAILED, [exc.reason])
-    finally:
-        connection.close()
+    return with_client(
+        run,
+        client,
+        lambda connection, host: _on_client(
+            run, connection, host, name, password, dry_run
+        ),
+    )
 
 
 def _on_client(

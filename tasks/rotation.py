@@ -11,11 +11,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from fabric import task
+from fabric import Connection, task
 from invoke.context import Context
 
 from . import pki
-from .clients import FleetRun, prepare_fleet_run
+from .clients import FleetRun, prepare_fleet_run, with_client
 from .errors import HostError, InputError, StateError
 from .inventory import Client
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR, is_connection
@@ -57,20 +57,23 @@ def pem_marker(cert_pem: bytes) -> str:
 
 def trusts_next(run: FleetRun, client: Client, marker: str) -> Outcome:
     """Whether every CA file on the client holds the next CA as well."""
-    host = str(client.target)
-    connection = run.fleet.connect(client.target)
-    try:
-        result = run_as_root(
-            connection,
-            render_trust_check(run.registry.authority, marker),
-            what="trust check",
-        )
-        if not result.ok:
-            raise HostError(host, failure_line(result))
-    except HostError as exc:
-        return Outcome(host, FAILED, [exc.reason])
-    finally:
-        connection.close()
+    return with_client(
+        run,
+        client,
+        lambda connection, host: _trusts_next(connection, host, run, marker),
+    )
+
+
+def _trusts_next(
+    connection: Connection, host: str, run: FleetRun, marker: str
+) -> Outcome:
+    result = run_as_root(
+        connection,
+        render_trust_check(run.registry.authority, marker),
+        what="trust check",
+    )
+    if not result.ok:
+        raise HostError(host, failure_line(result))
     found = result.stdout.split()
     lacking = [found[i + 1] for i, word in enumerate(found) if word == "lacks"]
     having = [found[i + 1] for i, word in enumerate(found) if word == "has"]
