@@ -122,6 +122,11 @@ def login_problem(text: str, registry: Registry) -> str:
             "the registry refused the name or password; check them, or set the "
             "password again with add-user"
         )
+    if "cannot connect to the docker daemon" in lowered:
+        return (
+            "docker's daemon does not answer here; start it (systemctl start docker) "
+            "and run again, or leave this client out"
+        )
     if "x509" in lowered or "certificate" in lowered:
         return (
             f"this client does not trust {registry.authority} yet: run trust-clients "

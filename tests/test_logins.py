@@ -91,6 +91,10 @@ def test_the_password_never_stands_on_a_command_line() -> None:
         ("Error response from daemon: login attempt failed: unauthorized", "add-user"),
         ("x509: certificate signed by unknown authority", "run trust-clients first"),
         ("connection refused", "docker login failed: connection refused"),
+        (
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock.",
+            "docker's daemon does not answer here; start it",
+        ),
     ],
 )
 def test_login_problems_name_the_fix(said: str, fix: str) -> None:
