@@ -250,7 +250,7 @@ def status(
     """
     if json:
         send_log_to_stderr()
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, pki_dir)
     spec = live_spec(connection, spec)
     state = StateFolder(Path(pki_dir))
     found = Status(host_label(connection), spec.authority, spec.container)
@@ -372,7 +372,7 @@ def check_expiry(
     if state.server_cert_path.exists():
         server = x509.load_pem_x509_certificate(state.server_cert_path.read_bytes())
         found.append(_expiry("server certificate (pki/server.crt)", server))
-    spec, _ = open_registry(c, inventory)
+    spec, _ = open_registry(c, inventory, pki_dir)
     served = _served_certificate(spec, state.trust_bundle())
     if isinstance(served, x509.Certificate):
         found.append(_expiry(f"served by {spec.authority}", served))
@@ -446,7 +446,7 @@ def rotate_cert(
         if server_days is None
         else positive_int(server_days, "--server-days", pki.MAX_DAYS)
     )
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, pki_dir)
     state = StateFolder(Path(pki_dir))
     if not state.ca_cert_path.exists():
         raise StateError(
@@ -524,7 +524,7 @@ def restart(
     c: Context, inventory: str | None = None, pki_dir: str = DEFAULT_PKI_DIR
 ) -> None:
     """Restart the registry container, then check it serves TLS again."""
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, pki_dir)
     host = host_label(connection)
     if _managed_container(connection, spec) is None:
         raise HostError(host, "no registry container; run setup-registry")

@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -521,6 +523,8 @@ class StateFolder:
         self.next_key_path = self.next_dir / "ca.key"
         self.switched_path = self.next_dir / "switched"
         self.retired_dir = path / "retired"
+        # How setup-registry last ran the registry: what later runs default to.
+        self.settings_path = path / "registry.json"
         self._lock_depth = 0
 
     @contextlib.contextmanager
@@ -642,6 +646,32 @@ class StateFolder:
     @property
     def switched(self) -> bool:
         return self.switched_path.exists()
+
+    def read_settings(self) -> dict[str, Any]:
+        """The registry's settings as last deployed; empty when none were saved."""
+        try:
+            found = json.loads(self.settings_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"{self.settings_path}: cannot read it ({exc}); delete it and run "
+                "setup-registry with the registry's options again"
+            ) from None
+        if not isinstance(found, dict):
+            raise StateError(
+                f"{self.settings_path}: not a JSON object; delete it and run "
+                "setup-registry with the registry's options again"
+            )
+        return found
+
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """Remember the registry's settings, when they changed."""
+        text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+        with contextlib.suppress(OSError):
+            if self.settings_path.read_text(encoding="utf-8") == text:
+                return
+        write_private_file(self.settings_path, text.encode(), mode=0o644)
 
     def trust_bundle(self) -> bytes:
         """What clients must trust: the CA, and during a rotation the next one too."""

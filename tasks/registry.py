@@ -13,7 +13,7 @@ import posixpath
 import shlex
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,10 @@ def resolve_spec(
     data: str | None = None,
     remote_dir: str | None = None,
     container: str | None = None,
+    saved: Mapping[str, Any] | None = None,
 ) -> RegistrySpec:
-    """Combine options, the inventory and defaults.
+    """Combine options, the inventory, the settings saved by the last deploy
+    (``saved``, for the same address) and defaults.
 
     The address defaults to the SSH host.
     """
@@ -176,33 +178,39 @@ def resolve_spec(
             )
         resolved_address = ssh_host
     extras = tuple(extra_addresses) or settings.extra_addresses
+    last = dict(saved or {}) if (saved or {}).get("address") == resolved_address else {}
+    defaults = {
+        "port": DEFAULT_REGISTRY_PORT,
+        "image": DEFAULT_IMAGE,
+        "data": DEFAULT_DATA,
+        "remote_dir": DEFAULT_REMOTE_DIR,
+    }
+    chosen: dict[str, Any] = {}
+    given = set()
+    for name, option, kept in (
+        ("port", port, settings.port),
+        ("image", image, settings.image),
+        ("data", data, settings.data),
+        ("remote_dir", remote_dir, settings.remote_dir),
+    ):
+        fallback = last.get(name, defaults[name])
+        chosen[name] = merge_setting(name, option, kept, fallback, inventory)
+        if option is not None or kept is not None or name in last:
+            given.add(name)
     spec = RegistrySpec(
         address=resolved_address,
-        port=merge_setting(
-            "port", port, settings.port, DEFAULT_REGISTRY_PORT, inventory
-        ),
+        port=int(chosen["port"]),
         extra_addresses=tuple(a for a in extras if a != resolved_address),
-        image=merge_setting("image", image, settings.image, DEFAULT_IMAGE, inventory),
-        data=merge_setting("data", data, settings.data, DEFAULT_DATA, inventory),
-        remote_dir=merge_setting(
-            "remote_dir", remote_dir, settings.remote_dir, DEFAULT_REMOTE_DIR, inventory
-        ),
+        image=str(chosen["image"]),
+        data=str(chosen["data"]),
+        remote_dir=str(chosen["remote_dir"]),
         container=merge_setting(
             "container", container, settings.container, DEFAULT_CONTAINER, inventory
         ),
+        given=frozenset(given),
     )
     check_apart(spec.data, spec.remote_dir)
-    given = {
-        name
-        for name, option, kept in (
-            ("port", port, settings.port),
-            ("image", image, settings.image),
-            ("data", data, settings.data),
-            ("remote_dir", remote_dir, settings.remote_dir),
-        )
-        if option is not None or kept is not None
-    }
-    return replace(spec, given=frozenset(given))
+    return spec
 
 
 def check_apart(data: str, remote_dir: str) -> None:
@@ -675,6 +683,7 @@ def setup_registry(
     spec, connection = open_registry(
         c,
         inventory,
+        pki_dir,
         address=check_address(address, "--address") if address else None,
         port=check_port(port, "--port") if port is not None else None,
         extra_addresses=[
@@ -775,6 +784,15 @@ def certify_and_deploy(
             notes = [*notes, *changes]
             probe = probe_registry(connection, spec)  # what it changed counts too
         outcome, auth = deploy_registry(connection, spec, ca, server, archive, probe)
+        state.save_settings(
+            {
+                "address": spec.address,
+                "port": spec.port,
+                "image": spec.image,
+                "data": spec.data,
+                "remote_dir": spec.remote_dir,
+            }
+        )
 
     for change in (*reversed(notes), server.change, ca.change):
         if change:
@@ -807,14 +825,33 @@ def certify_and_deploy(
     return outcome
 
 
+def saved_settings(state: StateFolder) -> dict[str, Any]:
+    """The settings the last deploy saved in the state folder, each checked."""
+    found = state.read_settings()
+    checks: dict[str, Callable[[object, str], Any]] = {
+        "address": check_address,
+        "port": check_port,
+        "image": check_image,
+        "data": check_data,
+        "remote_dir": check_remote_dir,
+    }
+    return {
+        name: check(found[name], f"{state.settings_path}: {name}")
+        for name, check in checks.items()
+        if name in found
+    }
+
+
 def open_registry(
-    c: Context, inventory: str | None, **options: Any
+    c: Context, inventory: str | None, pki_dir: str = DEFAULT_PKI_DIR, **options: Any
 ) -> tuple[RegistrySpec, Connection]:
     """Resolve the registry's settings and a connection to its host.
 
     The host is Fabric's -H host, else registry.ssh or registry.address from the
     inventory; ``options`` are the task's own overrides, checked against the inventory.
-    Nothing is contacted here: a bad setting stops the task before any connection.
+    Settings neither gives are the ones the last deploy saved in ``pki_dir``, then
+    the defaults. Nothing is contacted here: a bad setting stops the task before any
+    connection.
     """
     book = read_inventory(inventory, required=False)
     settings = book.registry if book else RegistrySettings()
@@ -823,6 +860,7 @@ def open_registry(
         settings,
         book,
         ssh_host=connection_host or (settings.ssh.host if settings.ssh else None),
+        saved=saved_settings(StateFolder(Path(pki_dir))),
         **options,
     )
     ssh_host = connection_host or (settings.ssh.host if settings.ssh else spec.address)

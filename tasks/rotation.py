@@ -140,7 +140,7 @@ def _begin(c: Context, state: StateFolder, inventory: str | None, days: int) -> 
             f"{state.next_dir}: the registry already uses the next CA; run "
             "rotate-ca --step finish"
         )
-    spec, _ = open_registry(c, inventory)
+    spec, _ = open_registry(c, inventory, str(state.path))
     made = state.begin_rotation(spec.addresses, days=days)
     said = "made the next CA" if made.change else "the next CA exists already"
     outcome = Outcome(
@@ -186,7 +186,7 @@ def _switch(
             fix="run fab trust-clients (it installs both CAs), then rotate-ca --step "
             "switch again",
         )
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, str(state.path))
     first_time = not state.switched
     state.mark_switched()
     # Once switched, the next CA signs: a re-run reuses its certificate.
@@ -219,7 +219,7 @@ def _finish(c: Context, state: StateFolder, inventory: str | None) -> None:
             f"{state.next_dir}: the registry does not use the next CA yet; run "
             "rotate-ca --step switch first"
         )
-    spec, _ = open_registry(c, inventory)
+    spec, _ = open_registry(c, inventory, str(state.path))
     check = check_tls(spec.address, spec.port, pki.cert_pem(found[0]))
     if not check.ok:
         raise StateError(

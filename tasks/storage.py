@@ -439,7 +439,7 @@ def restore(
     if not source.is_file():
         raise InputError(f"--archive {archive}: no such file")
     check_backup_archive(source)
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, pki_dir)
     spec = live_spec(connection, spec)
     host = host_label(connection)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")

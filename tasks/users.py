@@ -223,7 +223,7 @@ def _change_user(
         raise InputError("--name: give the user's name, for example --name ci")
     check_user_name(name)
     password = None if remove else read_password(password_file, name)
-    spec, connection = open_registry(c, inventory)
+    spec, connection = open_registry(c, inventory, pki_dir)
     state = StateFolder(Path(pki_dir))
     if not state.ca_cert_path.exists():
         raise InputError(

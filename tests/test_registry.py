@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks import pki
-from tasks.errors import HostError, InputError
+from tasks.errors import HostError, InputError, StateError
 from tasks.inventory import RegistrySettings, parse_inventory
 from tasks.pki import StateFolder
 from tasks.registry import (
@@ -27,6 +27,7 @@ from tasks.registry import (
     render_apply,
     resolve_spec,
     run_arguments,
+    saved_settings,
     spec_hash,
     warn_expiry_of,
 )
@@ -320,3 +321,28 @@ def test_defaults_yield_to_the_running_registry_given_settings_do_not() -> None:
     # A task that only reads acts on the registry as it runs, whatever is given.
     read, _ = adopt_live(given, container_running(), keep_given=False)
     assert (read.port, read.data) == (5443, "/srv/registry")
+
+
+def test_saved_settings_stand_between_the_inventory_and_the_defaults() -> None:
+    saved = {"address": "10.0.0.5", "port": 5443, "data": "/srv/registry"}
+    spec = resolve_spec(RegistrySettings(), None, ssh_host="10.0.0.5", saved=saved)
+    assert (spec.port, spec.data, spec.image) == (5443, "/srv/registry", "registry:2")
+    assert {"port", "data"} <= spec.given
+    # An option still wins; a folder saved for another address counts for nothing.
+    moved = resolve_spec(
+        RegistrySettings(), None, ssh_host="10.0.0.5", data="/srv/new", saved=saved
+    )
+    assert moved.data == "/srv/new"
+    other = resolve_spec(RegistrySettings(), None, ssh_host="10.0.0.6", saved=saved)
+    assert other.port == 5000
+
+
+def test_a_damaged_settings_file_is_one_line(tmp_path: Path) -> None:
+    state = StateFolder(tmp_path / "pki")
+    state.path.mkdir()
+    state.settings_path.write_text('{"address": "10.0.0.5", "port": "many"}')
+    with pytest.raises(InputError, match=r"registry.json: port"):
+        saved_settings(state)
+    state.settings_path.write_text("not json")
+    with pytest.raises(StateError, match=r"registry.json: cannot read it"):
+        saved_settings(state)
