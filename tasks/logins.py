@@ -23,6 +23,7 @@ from .clients import FleetRun, Registry, prepare_fleet_run, with_client
 from .errors import HostError, InputError
 from .inventory import Client
 from .options import DEFAULT_PKI_DIR, HELP_INVENTORY, HELP_PKI_DIR
+from .registry import check_tls
 from .remote import failure_line, fan_out, run_as_root
 from .report import (
     CHANGED,
@@ -133,6 +134,48 @@ def login_problem(text: str, registry: Registry) -> str:
             "first"
         )
     return f"docker login failed: {text}"
+
+
+def check_credentials(
+    registry: Registry, ca_pem: bytes, name: str, password: str
+) -> str | None:
+    """Try the login against the registry from here, before any client.
+
+    A registry that asks no login, or refuses the password, stops the task: a
+    client that holds the same stale login would otherwise report "logged in
+    already". Returns a note when the registry cannot be reached from here; each
+    client's docker login then checks the password on its own.
+    """
+    authority = registry.authority
+    plain = check_tls(registry.address, registry.port, ca_pem)
+    if not plain.reachable:
+        return (
+            f"note: cannot reach {authority} from here ({plain.problem}); only "
+            "clients that log in now check the password"
+        )
+    if not plain.ok:
+        raise HostError(authority, f"{plain.problem}; see fab status")
+    if plain.status == 200:
+        raise HostError(
+            authority,
+            "the registry asks no login; add the user first: fab add-user --name "
+            f"{name}",
+        )
+    tried = check_tls(
+        registry.address,
+        registry.port,
+        ca_pem,
+        authorization=f"Basic {expected_auth(name, password)}",
+    )
+    if tried.status == 401:
+        raise HostError(
+            authority,
+            f"the registry refused {name}'s password; check it, or set it again with "
+            f"fab add-user --name {name}",
+        )
+    if not tried.ok:
+        raise HostError(authority, f"{tried.problem}; see fab status")
+    return None
 
 
 def plan_login(
@@ -263,6 +306,10 @@ def login_clients(
     )
     if run is None:
         return
+    if password is not None:
+        note = check_credentials(run.registry, run.ca_pem, name or "", password)
+        if note:
+            log.info("%s", note)
     log.info(
         "%s %s on %s%s",
         "logging out of" if logout else f"logging in as {name} to",

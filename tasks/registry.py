@@ -503,8 +503,15 @@ class TlsCheck:
     reachable: bool = True
 
 
-def check_tls(address: str, port: int, ca_pem: bytes, timeout: float = 5.0) -> TlsCheck:
-    """GET /v2/ over TLS, verifying the certificate and the IP against our CA only."""
+def check_tls(
+    address: str,
+    port: int,
+    ca_pem: bytes,
+    timeout: float = 5.0,
+    authorization: str | None = None,
+) -> TlsCheck:
+    """GET /v2/ over TLS, verifying the certificate and the IP against our CA only
+    (with ``authorization`` as that header, to try a login)."""
     context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
     ip = parse_ip(address)
     host = f"[{ip.compressed}]" if ip is not None and ip.version == 6 else address
@@ -512,7 +519,10 @@ def check_tls(address: str, port: int, ca_pem: bytes, timeout: float = 5.0) -> T
         address.strip("[]"), port, context=context, timeout=timeout
     )
     try:
-        connection.request("GET", "/v2/", headers={"Host": f"{host}:{port}"})
+        headers = {"Host": f"{host}:{port}"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        connection.request("GET", "/v2/", headers=headers)
         response = connection.getresponse()
         der = connection.sock.getpeercert(binary_form=True) if connection.sock else None
         served = pki.fingerprint(x509.load_der_x509_certificate(der)) if der else None

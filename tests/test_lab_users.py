@@ -67,7 +67,8 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
         "login-clients", "--name", "alice", "--password-file", str(wrong)
     )
     assert refused.code == 1
-    assert "the registry refused the name or password" in refused.output
+    assert f"{authority}: the registry refused alice's password" in refused.output
+    assert "logging in" not in refused.output  # checked before any client
     login = workspace.fab(
         "login-clients", "--name", "alice", "--password-file", str(secret)
     )
@@ -83,6 +84,33 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     assert "recap: 1 host: 1 unchanged" in relogin.output
     config = lab.host("client1").files / "root/.docker/config.json"
     assert "s3cret-enough" not in config.read_text()  # base64, as docker keeps it
+
+    # A client still holding the old password is not "logged in already" once the
+    # password changed: the registry is asked first.
+    changed = workspace.folder / "changed.password"
+    changed.write_text("s3cret-changed\n")
+    assert (
+        workspace.fab(
+            "add-user", "--name", "alice", "--password-file", str(changed)
+        ).code
+        == 0
+    )
+    stale = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(secret)
+    )
+    assert stale.code == 1 and "refused alice's password" in stale.output
+    renewed = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(changed)
+    )
+    assert renewed.code == 0 and "logged in as alice" in renewed.output
+    # Back to the first password, for what follows.
+    assert (
+        workspace.fab(
+            "add-user", "--name", "alice", "--password-file", str(secret)
+        ).code
+        == 0
+    )
+    line = users.read_text()
 
     again = workspace.fab("add-user", "--name", "alice", "--password-file", str(secret))
     assert "recap: 1 host: 1 unchanged" in again.output
@@ -108,6 +136,12 @@ def test_login_required_after_add_user(lab: Lab, workspace: Workspace) -> None:
     # Leave the lab's registry as the other tests expect it: open, data kept.
     users.unlink()
     assert workspace.fab("setup-registry").code == 0
+    open_registry = workspace.fab(
+        "login-clients", "--name", "alice", "--password-file", str(changed)
+    )
+    assert (
+        open_registry.code == 1 and "the registry asks no login" in open_registry.output
+    )
     logout = workspace.fab("login-clients", "--logout")
     assert logout.code == 0 and f"logged out of {authority}" in logout.output
     assert "not logged in" in workspace.fab("login-clients", "--logout").output
