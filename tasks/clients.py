@@ -532,7 +532,15 @@ def prepare_fleet_run(
                 f"{book.path if book else 'the inventory'}; change one of them"
             )
     elif settings.address is not None:
-        address, port = settings.address, settings.port or DEFAULT_REGISTRY_PORT
+        # No port in the inventory: the one the registry was last deployed with.
+        last = StateFolder(Path(pki_dir)).read_settings()
+        last_port = (
+            last.get("port") if last.get("address") == settings.address else None
+        )
+        address = settings.address
+        port = settings.port or (
+            last_port if isinstance(last_port, int) else DEFAULT_REGISTRY_PORT
+        )
     else:
         raise InputError(
             "no registry: pass --registry ADDRESS[:PORT] or set registry.address in "
