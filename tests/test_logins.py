@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tasks import pki
 from tasks.clients import Registry
 from tasks.errors import HostError
 from tasks.logins import (
     LoginState,
+    check_credentials,
     expected_auth,
     login_problem,
     parse_login_state,
@@ -18,6 +22,9 @@ from tasks.logins import (
     render_login,
 )
 from tasks.report import CHANGED, UNCHANGED
+from tasks.users import hash_password, render_htpasswd
+from tests.test_tls import REGISTRY as REGISTRY_BINARY
+from tests.test_tls import serve, write_pair
 
 REGISTRY = Registry("203.0.113.7", 5000)
 
@@ -99,3 +106,50 @@ def test_the_password_never_stands_on_a_command_line() -> None:
 )
 def test_login_problems_name_the_fix(said: str, fix: str) -> None:
     assert fix in login_problem(said, REGISTRY)
+
+
+# Against the real registry binary on loopback (our client never skips TLS checks).
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Registry, bytes, Path]]:
+    """A TLS registry on loopback asking for alice's password; its Registry, the CA
+    and the users file."""
+    if REGISTRY_BINARY is None:
+        pytest.skip("docker-registry missing")
+    key = pki.generate_key()
+    ca = pki.Issued(pki.issue_ca(key, ["127.0.0.1"]), key, None)
+    server_key = pki.generate_key()
+    cert = pki.issue_server_cert(ca.cert, ca.key, server_key, ["127.0.0.1"])
+    users = tmp_path / "htpasswd"
+    users.write_text(render_htpasswd({"alice": hash_password("s3cret-enough")}))
+    with serve(tmp_path, write_pair(tmp_path, cert, server_key), users) as port:
+        yield Registry("127.0.0.1", port), pki.cert_pem(ca.cert), users
+
+
+def test_credentials_are_tried_against_the_registry(
+    served: tuple[Registry, bytes, Path],
+) -> None:
+    registry, ca_pem, _ = served
+    assert check_credentials(registry, ca_pem, "alice", "s3cret-enough") is None
+    with pytest.raises(HostError, match="the registry refused alice's password"):
+        check_credentials(registry, ca_pem, "alice", "not-the-password")
+    with pytest.raises(HostError, match="refused bob's password"):
+        check_credentials(registry, ca_pem, "bob", "s3cret-enough")
+
+
+def test_a_registry_without_login_or_out_of_reach(tmp_path: Path) -> None:
+    if REGISTRY_BINARY is None:
+        pytest.skip("docker-registry missing")
+    key = pki.generate_key()
+    ca = pki.Issued(pki.issue_ca(key, ["127.0.0.1"]), key, None)
+    server_key = pki.generate_key()
+    cert = pki.issue_server_cert(ca.cert, ca.key, server_key, ["127.0.0.1"])
+    ca_pem = pki.cert_pem(ca.cert)
+    with (
+        serve(tmp_path, write_pair(tmp_path, cert, server_key)) as port,
+        pytest.raises(HostError, match="the registry asks no login"),
+    ):
+        check_credentials(Registry("127.0.0.1", port), ca_pem, "alice", "x" * 8)
+    note = check_credentials(Registry("127.0.0.1", port), ca_pem, "alice", "x" * 8)
+    assert note is not None and note.startswith("note: cannot reach 127.0.0.1:")

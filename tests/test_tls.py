@@ -33,7 +33,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(tmp_path: Path, tls: tuple[Path, Path] | None) -> Iterator[int]:
+def serve(
+    tmp_path: Path, tls: tuple[Path, Path] | None, htpasswd: Path | None = None
+) -> Iterator[int]:
     port = free_port()
     config = tmp_path / "config.yml"
     lines = [
@@ -45,6 +47,8 @@ def serve(tmp_path: Path, tls: tuple[Path, Path] | None) -> Iterator[int]:
     ]
     if tls:
         lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+    if htpasswd:
+        lines += ["auth:", "  htpasswd:", "    realm: test", f"    path: {htpasswd}"]
     config.write_text("\n".join(lines) + "\n")
     process = subprocess.Popen(
         [str(REGISTRY), "serve", str(config)],
