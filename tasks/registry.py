@@ -1128,17 +1128,12 @@ def legacy_certificate(cert_pem: str) -> str | None:
 
 def data_moved(container: dict[str, Any] | None, spec: RegistrySpec) -> str | None:
     """A note when the registry's data location changes: the images stay behind."""
-    for mount in (container or {}).get("Mounts") or []:
-        if mount.get("Destination") != "/var/lib/registry":
-            continue
-        before = (
-            mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
+    before = live_settings(container).get("data")
+    if before and before != spec.data:
+        return (
+            f"note: the data moves from {before} to {spec.data}; the images in "
+            f"{before} stay there (set data back to serve them)"
         )
-        if before and before != spec.data:
-            return (
-                f"note: the data moves from {before} to {spec.data}; the images in "
-                f"{before} stay there (set data back to serve them)"
-            )
     return None
 
 

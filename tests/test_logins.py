@@ -111,20 +111,26 @@ def test_login_problems_name_the_fix(said: str, fix: str) -> None:
 # Against the real registry binary on loopback (our client never skips TLS checks).
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Registry, bytes, Path]]:
-    """A TLS registry on loopback asking for alice's password; its Registry, the CA
-    and the users file."""
+def loopback_tls(tmp_path: Path) -> tuple[bytes, tuple[Path, Path]]:
+    """A CA for 127.0.0.1 and a server certificate and key of it, in tmp_path."""
     if REGISTRY_BINARY is None:
         pytest.skip("docker-registry missing")
     key = pki.generate_key()
     ca = pki.Issued(pki.issue_ca(key, ["127.0.0.1"]), key, None)
     server_key = pki.generate_key()
     cert = pki.issue_server_cert(ca.cert, ca.key, server_key, ["127.0.0.1"])
+    return pki.cert_pem(ca.cert), write_pair(tmp_path, cert, server_key)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Registry, bytes, Path]]:
+    """A TLS registry on loopback asking for alice's password; its Registry, the CA
+    and the users file."""
+    ca_pem, pair = loopback_tls(tmp_path)
     users = tmp_path / "htpasswd"
     users.write_text(render_htpasswd({"alice": hash_password("s3cret-enough")}))
-    with serve(tmp_path, write_pair(tmp_path, cert, server_key), users) as port:
-        yield Registry("127.0.0.1", port), pki.cert_pem(ca.cert), users
+    with serve(tmp_path, pair, users) as port:
+        yield Registry("127.0.0.1", port), ca_pem, users
 
 
 def test_credentials_are_tried_against_the_registry(
@@ -139,15 +145,9 @@ def test_credentials_are_tried_against_the_registry(
 
 
 def test_a_registry_without_login_or_out_of_reach(tmp_path: Path) -> None:
-    if REGISTRY_BINARY is None:
-        pytest.skip("docker-registry missing")
-    key = pki.generate_key()
-    ca = pki.Issued(pki.issue_ca(key, ["127.0.0.1"]), key, None)
-    server_key = pki.generate_key()
-    cert = pki.issue_server_cert(ca.cert, ca.key, server_key, ["127.0.0.1"])
-    ca_pem = pki.cert_pem(ca.cert)
+    ca_pem, pair = loopback_tls(tmp_path)
     with (
-        serve(tmp_path, write_pair(tmp_path, cert, server_key)) as port,
+        serve(tmp_path, pair) as port,
         pytest.raises(HostError, match="the registry asks no login"),
     ):
         check_credentials(Registry("127.0.0.1", port), ca_pem, "alice", "x" * 8)

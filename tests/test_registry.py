@@ -20,6 +20,7 @@ from tasks.registry import (
     adopt_live,
     check_docker,
     check_port_free,
+    data_moved,
     live_settings,
     parse_probe,
     plan_container,
@@ -346,3 +347,16 @@ def test_a_damaged_settings_file_is_one_line(tmp_path: Path) -> None:
     state.settings_path.write_text("not json")
     with pytest.raises(StateError, match=r"registry.json: cannot read it"):
         saved_settings(state)
+
+
+def test_a_data_move_is_named() -> None:
+    spec = resolve_spec(RegistrySettings(), None, ssh_host="10.0.0.5")
+    assert data_moved(container_running(), spec) == (
+        "note: the data moves from /srv/registry to registry-data; the images in "
+        "/srv/registry stay there (set data back to serve them)"
+    )
+    kept = resolve_spec(
+        RegistrySettings(), None, ssh_host="10.0.0.5", data="/srv/registry"
+    )
+    assert data_moved(container_running(), kept) is None
+    assert data_moved(None, spec) is None
